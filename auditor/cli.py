@@ -1,0 +1,190 @@
+"""The ``flaudit`` command line: ``list`` the registries, ``simulate`` a federation, ``run`` an
+audit, ``gate`` a candidate scorecard against a baseline, re-render a ``report``.
+
+Exit status: 0 success; 1 ``gate`` found regressions (or ``run --strict`` had failed cells);
+2 unusable input (config, names, data, scorecards), with one line naming the problem."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from scenarios.errors import FlauditError
+
+
+def _registries() -> dict[str, object]:
+    from auditor.attacks import ATTACKS
+    from defenses.registry import DEFENSES
+    from scenarios.datasets import DATASETS
+    from scenarios.models import MODELS
+    from scenarios.partition import PARTITIONS
+
+    return {
+        "datasets": DATASETS, "partitions": PARTITIONS, "models": MODELS,
+        "defenses": DEFENSES, "attacks": ATTACKS,
+    }
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    registries = _registries()
+    if args.json:
+        print(json.dumps({k: {e.name: e.summary for e in r.entries()} for k, r in registries.items()},
+                         indent=2))
+        return 0
+    for kind, registry in registries.items():
+        print(f"{kind}:")
+        entries = list(registry.entries())
+        if not entries:
+            print("  (none registered yet)")
+        width = max((len(e.name) for e in entries), default=0)
+        for entry in entries:
+            print(f"  {entry.name:<{width}}  {entry.summary}")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from auditor.config import load_scenario
+    from scenarios.fedavg import FedAvgSimulation
+    from scenarios.scenario import build_world
+
+    overrides = list(args.set)
+    if args.data_root is not None:
+        overrides.append(f"data_root={json.dumps(str(args.data_root))}")
+    config = load_scenario(args.config, overrides)
+    world = build_world(config)
+    if not args.json:
+        sizes = [len(c.train_indices) for c in world.clients]
+        print(
+            f"{config.dataset} ({len(world.data.train)} train / {len(world.data.test)} test), "
+            f"model {config.model}, {config.clients} clients ({config.partition}, "
+            f"{min(sizes)}-{max(sizes)} samples each), {config.rounds} rounds, "
+            f"E={config.local_epochs}, B={config.batch_size}",
+            file=sys.stderr,
+        )
+    result = FedAvgSimulation(world).run(progress=not args.no_progress)
+    if args.json:
+        print(json.dumps({"scenario": _scenario_json(config), **result.to_json()}, indent=2))
+    else:
+        print(f"final test accuracy: {result.final_test_accuracy:.4f} after {len(result.rounds)} rounds")
+    return 0
+
+
+def _scenario_json(config) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(config).items()}
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from auditor.config import load_audit
+    from auditor.outputs import REPORT, SUMMARY
+    from auditor.runner import RunOptions, run_audit
+    from auditor.scorecard import SCORECARD
+
+    config = load_audit(args.config, args.profile)
+    options = RunOptions(args.out, args.executor, args.address, args.workers, args.resume, not args.no_progress)
+    run = run_audit(config, options)
+    card = run.scorecard
+    if not run.plan.attacks:
+        print("flaudit: no attack is registered yet, so this audit measured utility only", file=sys.stderr)
+    if run.resumed_jobs:
+        print(f"flaudit: resumed {run.resumed_jobs} finished job(s) from {args.out}", file=sys.stderr)
+    print((args.out / SUMMARY).read_text(), end="")
+    print(f"\nscorecard: {args.out / SCORECARD}\nreport:    {args.out / REPORT}", file=sys.stderr)
+    failed = card["summary"]["error"] + sum(u["status"] == "error" for u in card["utility"])
+    if failed:
+        print(f"flaudit: warning: {failed} cell(s) failed; their errors are in the scorecard and the report",
+              file=sys.stderr)
+    return 1 if failed and args.strict else 0
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    from auditor import gate, scorecard
+    from auditor.config import load_gate
+
+    baseline, candidate = scorecard.load(args.baseline), scorecard.load(args.candidate)
+    tolerances = load_gate(args.config) if args.config else gate.tolerances_of(baseline)
+    result = gate.compare(baseline, candidate, tolerances)
+    junit = args.junit or scorecard.scorecard_path(args.candidate).parent / "gate-junit.xml"
+    gate.write_junit(result, junit)
+    scored = sum(c["status"] != "not_applicable" for c in result.cells)
+    if result.passed:
+        print(f"flaudit gate: pass: no leakage regression in {scored} applicable cell(s) "
+              f"(tolerances: {gate.describe_tolerances(tolerances)}); JUnit: {junit}")
+        return 0
+    offending = len({f.cell_id for f in result.findings})
+    print(f"flaudit gate: FAIL: {offending} of {len(result.cells)} cell(s) leak more than the baseline "
+          f"(tolerances: {gate.describe_tolerances(tolerances)}); JUnit: {junit}")
+    print(gate.render_table(result))
+    return 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from auditor import scorecard
+    from auditor.outputs import REPORT, SUMMARY, write_reports
+
+    document = scorecard.load(args.dir)
+    folder = scorecard.scorecard_path(args.dir).parent
+    write_reports(document, folder)
+    print(f"{folder / REPORT}\n{folder / SUMMARY}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flaudit", description="Privacy audits of federated-learning defenses."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_list = sub.add_parser("list", help="show the registered datasets, models, defenses, attacks")
+    p_list.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p_list.set_defaults(func=cmd_list)
+
+    p_sim = sub.add_parser("simulate", help="run a FedAvg simulation and report test accuracy")
+    p_sim.add_argument("--config", type=Path, help="TOML file with a [scenario] table")
+    p_sim.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a scenario key, e.g. --set rounds=5 (repeatable)")
+    p_sim.add_argument("--data-root", type=Path, help="folder holding on-disk datasets")
+    p_sim.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    p_sim.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p_sim.set_defaults(func=cmd_simulate)
+
+    p_run = sub.add_parser("run", help="audit every attack against every defense; write scorecard and reports")
+    p_run.add_argument("--config", type=Path, help="audit config (TOML); default: the embedded default audit")
+    p_run.add_argument("--out", type=Path, default=Path("runs/default"), help="run folder (default: runs/default)")
+    p_run.add_argument("--profile", help="profile overlay: quick, full, or one the config defines")
+    p_run.add_argument("--executor", default="local", help="local (default), process or ray")
+    p_run.add_argument("--address", help="ray: the cluster to join, e.g. auto or ray://head:10001")
+    p_run.add_argument("--workers", type=int, help="process/ray: jobs at once (default: CPUs / threads per job)")
+    p_run.add_argument("--resume", action="store_true", help="reuse the jobs already finished in --out")
+    p_run.add_argument("--strict", action="store_true", help="exit 1 when any cell failed")
+    p_run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p_run.set_defaults(func=cmd_run)
+
+    p_gate = sub.add_parser("gate", help="exit 1 when a candidate scorecard leaks more than a baseline")
+    p_gate.add_argument("baseline", type=Path, help="baseline scorecard.json (or its run folder)")
+    p_gate.add_argument("candidate", type=Path, help="candidate scorecard.json (or its run folder)")
+    p_gate.add_argument("--config", type=Path, help="take the [gate] tolerances from this config "
+                        "(default: those recorded in the baseline)")
+    p_gate.add_argument("--junit", type=Path, help="JUnit XML path (default: gate-junit.xml beside the candidate)")
+    p_gate.set_defaults(func=cmd_gate)
+
+    p_report = sub.add_parser("report", help="re-render report.html and summary.md from a run folder's scorecard")
+    p_report.add_argument("dir", type=Path, help="run folder (or its scorecard.json)")
+    p_report.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except FlauditError as exc:
+        print(f"flaudit: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""``DIR/summary.md``: the audit in a few lines and one attack x defense table per scenario,
+short enough for a pull-request comment."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+
+def _cell(cell: Mapping[str, Any]) -> str:
+    if cell["status"] == "not_applicable":
+        return "n/a"
+    metrics = cell["metrics"] or {}
+    parts = [f"**{cell['risk']}**"]
+    if metrics.get("recovery_rate"):
+        psnr = metrics.get("psnr_mean")
+        parts.append(f"{metrics['recovery_rate']['mean']:.0%}" + (f" @ {psnr['mean']:.1f} dB" if psnr else ""))
+    if metrics.get("label_accuracy"):
+        parts.append(f"labels {metrics['label_accuracy']['mean']:.0%}")
+    if cell["errors"]:
+        parts.append(f"{len(cell['errors'])} failed")
+    return " ".join(parts)
+
+
+def _accuracy(entry: Mapping[str, Any] | None) -> str:
+    if not entry or not entry["test_accuracy"]:
+        return "failed"
+    text = f"{entry['test_accuracy']['mean']:.3f}"
+    if entry["defense"] != "none" and entry["accuracy_drop"]:
+        text += f" ({-entry['accuracy_drop']['mean']:+.3f})"
+    return text
+
+
+def render(document: Mapping[str, Any]) -> str:
+    audit, summary = document["audit"], document["summary"]
+    by_risk = summary["by_risk"]
+    lines = [
+        f"## flaudit audit: {audit['name']}",
+        "",
+        f"{summary['cells']} cells: {summary['ok']} scored, {summary['not_applicable']} not applicable, "
+        f"{summary['error']} failed · risk: high {by_risk['high']}, medium {by_risk['medium']}, "
+        f"low {by_risk['low']}, none {by_risk['none']} · recovered = PSNR >= {audit['psnr_threshold']:g} dB · "
+        f"config `{audit['config_hash'][:12]}`, profile {audit['profile']}",
+    ]
+    defenses = [d["label"] for d in audit["defenses"]]
+    for scenario in (s["label"] for s in audit["scenarios"]):
+        cells = {c["id"]: c for c in document["cells"] if c["scenario"] == scenario}
+        utility = {u["defense"]: u for u in document["utility"] if u["scenario"] == scenario}
+        lines += ["", f"### {scenario}", "", "| attack \\ defense | " + " | ".join(defenses) + " |",
+                  "|---" * (len(defenses) + 1) + "|"]
+        for attack in audit["attacks"]:
+            found = (cells.get(f"{scenario}/{d}/{attack['label']}") for d in defenses)
+            row = [_cell(c) if c else "–" for c in found]
+            lines.append(f"| {attack['label']} | " + " | ".join(row) + " |")
+        lines.append("| *test accuracy* | " + " | ".join(_accuracy(utility.get(d)) for d in defenses) + " |")
+    if not audit["attacks"]:
+        lines += ["", "No attack is registered yet: the audit measured utility only."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,87 @@
+"""Where defenses and a malicious server plug into a FedAvg round.
+
+A round runs: ``ServerModelHook.before_round`` (a malicious server may rewrite parameters or,
+where its threat model allows, the architecture) -> per client: local training through every
+``TrainingWrapper`` (e.g. Opacus DP-SGD) -> every ``UpdateTransform`` on the flat update
+(noise, compression) -> the ``Aggregator`` protocol (plain weighted mean, secure aggregation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from scenarios.updates import ParamLayout
+from scenarios.views import ClientUpload
+
+
+class TrainingWrapper(Protocol):
+    """Wraps a client's model, optimizer and loader before local training (DP-SGD)."""
+
+    def wrap(
+        self, client_id: int, round_index: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+        loader: DataLoader,
+    ) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader]: ...
+
+    def unwrap(self, client_id: int, model: nn.Module) -> nn.Module:
+        """Returns the plain module whose state dict has the global model's keys."""
+        ...
+
+
+class UpdateTransform(Protocol):
+    """Transforms one client's flat update before upload (noise, compression)."""
+
+    def transform(
+        self, client_id: int, round_index: int, update: torch.Tensor, layout: ParamLayout
+    ) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class AggregationOutcome:
+    """The mean update to apply and what the protocol let the server see."""
+
+    mean_update: torch.Tensor
+    individual_updates_visible: bool
+    transcript: dict[str, Any] = field(default_factory=dict)
+
+
+class Aggregator(Protocol):
+    def aggregate(self, round_index: int, uploads: Sequence[ClientUpload]) -> AggregationOutcome: ...
+
+
+class ModelPreparer(Protocol):
+    """Adapts the initial global model to a defense (e.g. Opacus replaces BatchNorm)."""
+
+    def __call__(self, model: nn.Module) -> nn.Module: ...
+
+
+class ServerModelHook(Protocol):
+    """A server that prepares the model it sends (malicious: parameters or architecture)."""
+
+    def before_round(self, round_index: int, model: nn.Module) -> nn.Module: ...
+
+
+class WeightedMeanAggregator:
+    """Plain FedAvg: the sample-count weighted mean, with every upload visible to the server."""
+
+    def aggregate(self, round_index: int, uploads: Sequence[ClientUpload]) -> AggregationOutcome:
+        total = sum(u.num_samples for u in uploads)
+        mean = torch.zeros_like(uploads[0].update)
+        for upload in uploads:
+            mean.add_(upload.update, alpha=upload.num_samples / total)
+        return AggregationOutcome(mean, individual_updates_visible=True)
+
+
+@dataclass
+class FLHooks:
+    """The hooks of one simulation; empty lists and the plain aggregator mean no defense."""
+
+    training_wrappers: list[TrainingWrapper] = field(default_factory=list)
+    update_transforms: list[UpdateTransform] = field(default_factory=list)
+    aggregator: Aggregator = field(default_factory=WeightedMeanAggregator)
+    server_model: ServerModelHook | None = None
+    model_preparers: list[ModelPreparer] = field(default_factory=list)

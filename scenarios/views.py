@@ -1,0 +1,97 @@
+"""What each party observes, per the threat-model table of DESIGN.md.
+
+Attacks receive one of these views and nothing else; the ground truth (which samples each
+client trained on) stays in ``RoundRecord.ground_truth`` for scoring only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from scenarios.updates import ParamLayout
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    """The local-training hyperparameters the server sets and therefore knows."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+
+
+@dataclass(frozen=True)
+class ClientUpload:
+    """One client's upload as it reaches the server (after the client's update transforms)."""
+
+    client_id: int
+    num_samples: int
+    update: torch.Tensor
+
+
+@dataclass(frozen=True)
+class ServerView:
+    """The server's view of one round.
+
+    ``uploads`` is None when the aggregation protocol (secure aggregation) hides individual
+    updates; ``aggregate`` is the sample-weighted mean update the server applies either way.
+    ``transcript`` holds whatever else the protocol showed the server (e.g. masked vectors).
+    """
+
+    round_index: int
+    model: nn.Module
+    layout: ParamLayout
+    training: TrainingSpec
+    participants: tuple[int, ...]
+    num_samples: tuple[int, ...]
+    uploads: tuple[ClientUpload, ...] | None
+    aggregate: torch.Tensor
+    transcript: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sees_individual_updates(self) -> bool:
+        return self.uploads is not None
+
+
+@dataclass(frozen=True)
+class PeerView:
+    """An honest-but-curious client's view: consecutive global models and its own update."""
+
+    round_index: int
+    client_id: int
+    model_before: nn.Module
+    model_after: nn.Module
+    layout: ParamLayout
+    training: TrainingSpec
+    own_update: torch.Tensor
+    own_num_samples: int
+    num_participants: int | None
+
+    @property
+    def global_change(self) -> torch.Tensor:
+        return self.layout.flatten(self.model_after) - self.layout.flatten(self.model_before)
+
+
+@dataclass(frozen=True)
+class LogitView:
+    """The logit-sharing server's view (FedMD family): client logits on the public set."""
+
+    round_index: int
+    public_indices: torch.Tensor
+    client_logits: dict[int, torch.Tensor]
+    consensus_logits: torch.Tensor
+
+
+@dataclass(frozen=True)
+class ClientTrace:
+    """Ground truth of one client's round: which samples it trained on, batch by batch."""
+
+    client_id: int
+    sample_indices: torch.Tensor
+    batches: tuple[torch.Tensor, ...]

@@ -1,0 +1,188 @@
+"""The audit config (the public contract): tables, composition, wildcards, profiles, and clear
+errors naming the key before anything runs."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+
+import pytest
+
+from auditor.config import BASELINE, default_audit_text, load_audit
+from auditor.plan import build_plan
+from scenarios.errors import ConfigError, DataNotFoundError, UnknownNameError
+from test_audit_toys import LinearLeakage, toy_catalog, toy_config
+
+DEFENSES = """
+[[defense]]
+name = "toy_noise"
+std = 0.2
+
+[[defense]]
+name = ["toy_noise", "toy_secure_sum"]
+label = "noise+sum"
+[defense.toy_noise]
+std = 0.05
+
+[[attack]]
+name = "linear_leakage"
+max_clients = 2
+"""
+
+
+def test_tables_compose_and_always_include_the_baseline():
+    config = toy_config(DEFENSES)
+    assert [d.label for d in config.defenses] == [BASELINE, "toy_noise", "noise+sum"]
+    composed = config.defenses[2].components
+    assert [(c.name, dict(c.params)) for c in composed] == [("toy_noise", {"std": 0.05}), ("toy_secure_sum", {})]
+    plan = build_plan(config, toy_catalog(), preflight=False)
+    assert plan.defenses[1].components[0].params.std == 0.2
+    assert plan.attacks[0].component.params.max_clients == 2
+    assert [c.cell_id for c in plan.cells] == [
+        "digits-mlp/none/linear_leakage", "digits-mlp/toy_noise/linear_leakage", "digits-mlp/noise+sum/linear_leakage",
+    ]
+    assert plan.cells[2].not_applicable.startswith("linear_leakage needs each client's update")
+    assert [len(c.jobs) for c in plan.cells] == [2, 2, 0]  # seeds [0, 1]
+    assert len(plan.utility_jobs) == 3 * 2  # every defense column x seed, the baseline included
+
+
+def test_wildcards_expand_to_every_registered_component_not_listed_by_label():
+    config = toy_config('[[defense]]\nname = "*"\n[[attack]]\nname = "*"\n[[attack]]\nname = "linear_leakage"\nmax_clients = 1\n')
+    plan = build_plan(config, toy_catalog(), preflight=False)
+    assert [d.label for d in plan.defenses] == ["none", "toy_noise", "toy_secure_sum"]
+    assert sorted(a.label for a in plan.attacks) == sorted(toy_catalog().attacks.names())
+    assert next(a for a in plan.attacks if a.label == "linear_leakage").component.params.max_clients == 1
+
+
+def test_several_scenarios_and_profile_overlays():
+    text = """
+[audit]
+profile = "quick"
+[[scenario]]
+label = "small"
+clients = 2
+seeds = [0, 1, 2]
+[[scenario]]
+label = "big"
+profiles = ["full"]
+clients = 6
+[[attack]]
+name = "linear_leakage"
+[profile.quick]
+seeds = [5]
+audit = { attacked_round = 0 }
+scenario = { rounds = 1 }
+attack.linear_leakage = { max_clients = 3 }
+"""
+    quick = toy_config(text, base="")
+    assert [(s.label, s.seeds, s.config.rounds) for s in quick.scenarios] == [("small", (5,), 1)]
+    assert quick.options.attacked_round == 0
+    assert build_plan(quick, toy_catalog(), preflight=False).attacks[0].component.params.max_clients == 3
+    full = toy_config(text, base="", profile="full")
+    assert [(s.label, s.seeds) for s in full.scenarios] == [("small", (0, 1, 2)), ("big", (0,))]
+    assert full.config_hash != quick.config_hash
+
+
+def test_component_profiles_give_budgets_that_the_config_can_override():
+    @dataclass(frozen=True)
+    class Budget:
+        iterations: int = 10
+        restarts: int = 1
+
+    class Budgeted(LinearLeakage):
+        name = "budgeted"
+        Params = Budget
+        profiles = {"full": {"iterations": 24000, "restarts": 4}}
+
+    catalog = toy_catalog(attacks=(Budgeted,))
+    written = '[[attack]]\nname = "budgeted"\nrestarts = 2\n'
+    assert build_plan(toy_config(written), catalog, preflight=False).attacks[0].component.params == Budget(10, 2)
+    full = build_plan(toy_config(written, profile="full"), catalog, preflight=False)
+    assert full.attacks[0].component.params == Budget(24000, 2)
+
+
+def test_config_hash_ignores_key_order():
+    a = toy_config('[[attack]]\nname = "linear_leakage"\nmax_clients = 2\n')
+    b = toy_config('[[attack]]\nmax_clients = 2\nname = "linear_leakage"\n')
+    assert a.config_hash == b.config_hash and len(a.config_hash) == 64
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ("[audti]\n", "unknown top-level table or key 'audti'"),
+        ("[audit]\npsnr_threshold = \"high\"\n", "audit.psnr_threshold: expected a number"),
+        ("[audit]\ngrid_images = 0\n", "audit.grid_images: must be >= 1"),
+        ("[gate]\nrecovery_rate = -0.1\n", "gate.recovery_rate: must be >= 0.0"),
+        ("[gate]\nrecover_rate = 0.1\n", "unknown key 'recover_rate' (did you mean 'recovery_rate'?)"),
+        ("[[defense]]\nname = 3\n", "defense[0].name: expected a defense name or a list of names"),
+        ('[[defense]]\nname = ["toy_noise", "toy_noise"]\n', "lists a defense twice"),
+        ('[[defense]]\nname = ["toy_noise", "toy_secure_sum"]\nstd = 1.0\n', "sub-tables named after each defense"),
+        ('[[defense]]\nname = "none"\nstd = 1\n', "the 'none' baseline takes no parameters"),
+        ('[[defense]]\nname = "toy_noise"\n[[defense]]\nname = "toy_noise"\n', "two [[defense]] entries are labelled 'toy_noise'"),
+        ('[[attack]]\nname = "*"\nmax_clients = 1\n', "takes no parameters"),
+        ('[[attack]]\nname = "linear_leakage"\nattacked_round = "last"\n', "attack[0].attacked_round: expected an integer"),
+    ],
+)
+def test_bad_config_names_the_key(extra, message):
+    with pytest.raises(ConfigError) as info:
+        toy_config(extra)
+    assert message in str(info.value)
+
+
+def test_bad_seeds_and_profiles():
+    with pytest.raises(ConfigError, match=r"scenario.seeds\[1\]: a seed is an integer >= 0"):
+        toy_config("", base='[scenario]\nseeds = [0, -1]\n')
+    with pytest.raises(ConfigError, match="set either seed or seeds"):
+        toy_config("", base="[scenario]\nseed = 1\nseeds = [1]\n")
+    with pytest.raises(ConfigError, match="unknown profile 'qiuck'; this config knows: full, quick"):
+        toy_config("", profile="qiuck")
+    with pytest.raises(ConfigError, match="no \\[\\[scenario\\]\\] is part of profile 'quick'"):
+        toy_config("", base='[[scenario]]\nprofiles = ["full"]\n', profile="quick")
+
+
+@pytest.mark.parametrize(
+    "extra, error, message",
+    [
+        ('[[attack]]\nname = "linear_leakge"\n', UnknownNameError, "unknown attack 'linear_leakge'. Did you mean 'linear_leakage'?"),
+        ('[[defense]]\nname = "toy_nosie"\n', UnknownNameError, "unknown defense 'toy_nosie'"),
+        ('[[attack]]\nname = "linear_leakage"\nmax_clint = 1\n', ConfigError, "[attack.linear_leakage] unknown key 'max_clint'"),
+        ('[[defense]]\nname = "toy_noise"\nstd = "big"\n', ConfigError, "defense.toy_noise.std: expected a number"),
+        ('[[attack]]\nname = "linear_leakage"\nattacked_round = 2\n', ConfigError, "attack 'linear_leakage' attacked_round=2, but scenario 'digits-mlp' has 2 rounds"),
+        ("[profile.quick]\nattack.nope = { a = 1 }\n", UnknownNameError, "[profile.quick.attack.nope]: unknown attack 'nope'"),
+    ],
+)
+def test_names_and_parameters_are_checked_against_the_registries(extra, error, message):
+    profile = "quick" if "profile" in extra else None
+    with pytest.raises(error) as info:
+        build_plan(toy_config(extra, profile=profile), toy_catalog(), preflight=False)
+    assert message in str(info.value)
+
+
+def test_preflight_checks_data_and_scenario_before_running(tmp_path):
+    missing = f'[scenario]\nlabel = "faces"\ndataset = "imagefolder"\ndata_root = "{tmp_path / "nope"}"\n'
+    with pytest.raises(DataNotFoundError, match="scenario 'faces': dataset 'imagefolder' not found"):
+        build_plan(toy_config("", base=missing), toy_catalog())
+    with pytest.raises(UnknownNameError, match="scenario 'digits-cnnn': unknown model 'cnnn'"):
+        build_plan(toy_config("", base='[scenario]\nmodel = "cnnn"\n'), toy_catalog())
+
+
+def test_embedded_default_audit():
+    quick = load_audit(None)
+    assert quick.profile == "quick" and quick.source == "<embedded default>"
+    assert [(s.label, s.seeds) for s in quick.scenarios] == [("digits-cnn", (0,))]
+    full = load_audit(None, "full")
+    assert [s.label for s in full.scenarios] == ["digits-cnn", "photo_patches-cnn"]
+    assert all(len(s.seeds) == 3 for s in full.scenarios)
+    document = tomllib.loads(default_audit_text())
+    assert document["attack"] == [{"name": "*"}] and document["defense"] == [{"name": "*"}]
+
+
+def test_default_audit_plans_every_registered_component():
+    from auditor.catalog import registered
+
+    catalog = registered()
+    plan = build_plan(load_audit(None), catalog)  # preflight: builds the world, composes each column
+    assert [d.label for d in plan.defenses] == ["none", *catalog.defenses.names()]
+    assert [a.label for a in plan.attacks] == catalog.attacks.names()
+    assert len(plan.cells) == len(plan.defenses) * len(plan.attacks)
