@@ -1,0 +1,16 @@
+"""The attack registry: ``name -> Attack class``, one module per attack family.
+
+Family modules register themselves with ``register_attack``; they are imported at the bottom
+of this file, so importing ``auditor.attacks`` fills ATTACKS.
+"""
+
+from __future__ import annotations
+
+from scenarios.registry import Registry
+
+ATTACKS: Registry[type] = Registry("attack")
+register_attack = ATTACKS.register_class  # class decorator: registers and sets ``name``
+
+
+# Attack families (each import registers its attacks):
+from auditor.attacks import rtf, scale_mia  # noqa: E402,F401

@@ -1,0 +1,458 @@
+"""Scale-MIA (Shi et al., NDSS 2025): a malicious server that may set parameters but not the
+architecture turns the model's first latent-space linear layer into a binned imprint and reads
+a whole aggregated batch out of it, through secure aggregation.
+
+Phase 1 (the server hook, on the attacker's auxiliary data, once the architecture is known):
+train an autoencoder whose encoder is exactly the model's feature extractor; every round, load
+the encoder into the model, set the latent linear layer's rows to one query of the latent with
+thresholds at quantiles of the auxiliary latents (``imprint.quantile_edges``), and give the
+next layer identical columns (with a small logit spread, so the softmax stays soft) so that
+every bin receives the same upstream gradient per sample.
+Phase 2 (``reconstruct``, aggregate only): update -> gradient estimate -> ``bin_solve`` per
+interval -> the latents of the intervals that hold one sample, decided from observations only:
+the interval's bias-gradient difference counts its samples (the crafted readout gives every
+sample the same upstream gradient), and a kept latent must be non-negative and reproduce itself
+through decoder and encoder about as well as held-out auxiliary latents do -> decoder.
+
+Exact for one local step per client (FedSGD); with several local steps the clients' training
+moves the crafted encoder, rows and readout between steps and the rate falls (measured in the
+tests). Supported models (``MODEL_ADAPTERS``): ``cnn`` (encoder conv-conv, imprint = the
+512-unit layer), ``mlp`` (the hidden layer reads the pixels: identity encoder, exact pixels),
+``resnet18`` (no wide latent layer: the pooled latent feeds the output layer, whose rows are
+the classes, so the attack recovers the samples alone in their class, see ``ClassRowLayer``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import ResNet
+from tqdm.auto import tqdm
+
+from auditor.attacks import register_attack
+from auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput, ThreatModel
+from auditor.attacks.imprint import (
+    gradient_estimate,
+    isolation_bound,
+    principal_direction,
+    quantile_edges,
+    sample_weight_range,
+    solve_bins,
+    variant,
+)
+from auditor.ops.bin_solve import bin_solve
+from scenarios.config import bounded
+from scenarios.errors import ConfigError, FlauditError
+from scenarios.models import FeatureClassifier
+from scenarios.views import ServerView
+
+
+@dataclass(frozen=True)
+class ScaleMiaParams:
+    ae_epochs: int = bounded(150, min=0, doc="autoencoder training epochs over the (augmented) auxiliary data")
+    ae_batch_size: int = bounded(32, min=1)
+    ae_lr: float = bounded(3e-3, min=0.0, exclusive_min=True, doc="peak of the one-cycle learning rate")
+    decoder_width: int = bounded(64, min=1, doc="channels of the decoder's upsampling stages")
+    holdout_fraction: float = bounded(
+        0.1, min=0.0, max=0.5, exclusive_min=True, doc="auxiliary share kept out of training to calibrate the bin selection"
+    )
+    logit_spread: float = bounded(
+        0.1, min=0.0, exclusive_min=True, doc="largest change the bins make to a logit on auxiliary data (keeps the softmax soft)"
+    )
+    bin_slope: float = bounded(
+        0.01, min=0.0, exclusive_min=True,
+        doc="bin pre-activation per std of the query: small crafted rows keep their update above float32 rounding",
+    )
+    unit_tolerance: float = bounded(
+        0.3, min=0.0, max=0.9,
+        doc="relative slack on the bias-gradient difference one sample can make (softmax deviation, drift)",
+    )
+    selection_quantile: float = bounded(
+        0.99, min=0.5, max=1.0, doc="quantile of held-out latents' reprojection error a kept solve may reach"
+    )
+    selection_slack: float = bounded(1.5, min=1.0, doc="factor on that quantile")
+
+
+# ---- model adapters: where the encoder, the imprint layer and the next layer are -------------
+
+
+@dataclass
+class LatentLayers:
+    """A model seen by Scale-MIA: ``encoder(x)`` gives the flat latent that the linear
+    ``imprint`` layer reads; ``readout`` is the linear layer after its ReLU (None when the
+    imprint layer is the model's output layer)."""
+
+    encoder: nn.Module
+    imprint: nn.Linear
+    imprint_name: str  # state-dict prefix of the imprint layer
+    readout: nn.Linear | None
+    latent_shape: tuple[int, ...]  # the encoder's output before flattening
+
+
+@dataclass(frozen=True)
+class ModelAdapter:
+    matches: Callable[[nn.Module], bool]
+    layers: Callable[[nn.Module, tuple[int, int, int]], LatentLayers]
+    decoder: Callable[[tuple[int, ...], tuple[int, int, int], int], nn.Module]
+    trains_autoencoder: bool
+    leakage: str  # of LEAKAGE_LAYERS
+
+
+def _is_cnn(model: nn.Module) -> bool:
+    return (
+        isinstance(model, FeatureClassifier)
+        and isinstance(model.features[-1], nn.Flatten)
+        and any(isinstance(m, nn.Conv2d) for m in model.features)
+        and isinstance(model.classifier, nn.Sequential)
+        and len(model.classifier) == 3
+        and isinstance(model.classifier[0], nn.Linear)
+        and isinstance(model.classifier[1], nn.ReLU)
+        and isinstance(model.classifier[2], nn.Linear)
+    )
+
+
+def _cnn_layers(model: nn.Module, shape: tuple[int, int, int]) -> LatentLayers:
+    with torch.no_grad():
+        latent = model.features[:-1](torch.zeros(1, *shape, device=_device(model))).shape[1:]
+    return LatentLayers(model.features, model.classifier[0], "classifier.0", model.classifier[2], tuple(latent))
+
+
+def _is_mlp(model: nn.Module) -> bool:
+    f = getattr(model, "features", None)
+    return (
+        isinstance(model, FeatureClassifier)
+        and len(f) == 3
+        and isinstance(f[0], nn.Flatten)
+        and isinstance(f[1], nn.Linear)
+        and isinstance(f[2], nn.ReLU)
+        and isinstance(model.classifier, nn.Linear)
+    )
+
+
+def _mlp_layers(model: nn.Module, shape: tuple[int, int, int]) -> LatentLayers:
+    return LatentLayers(model.features[0], model.features[1], "features.1", model.classifier, tuple(shape))
+
+
+def _resnet_layers(model: nn.Module, shape: tuple[int, int, int]) -> LatentLayers:
+    trunk = nn.Sequential(
+        model.conv1, model.bn1, model.relu, model.maxpool, model.layer1, model.layer2, model.layer3, model.layer4, model.avgpool
+    )
+    return LatentLayers(nn.Sequential(trunk, nn.Flatten()), model.fc, "fc", None, (model.fc.in_features, 1, 1))
+
+
+def conv_decoder(latent_shape: tuple[int, ...], image_shape: tuple[int, int, int], width: int) -> nn.Module:
+    """Upsampling mirror of a conv feature extractor: per factor 2 of resolution, a 3x3
+    convolution to 4x the channels and a pixel shuffle (sub-pixel convolution); a sigmoid to
+    [0, 1] at the end. Cheap enough to train to ~30 dB in minutes on a CPU."""
+    channels, height = latent_shape[0], latent_shape[1]
+    steps = round(math.log2(image_shape[1] / height)) if height else -1
+    if steps < 0 or height * 2**steps != image_shape[1]:
+        raise ConfigError(f"scale_mia: cannot decode a {tuple(latent_shape)} latent to {image_shape} images")
+    layers: list[nn.Module] = [nn.Unflatten(1, tuple(latent_shape))]
+    for _ in range(steps - 1):
+        layers += [nn.Conv2d(channels, 4 * width, 3, padding=1), nn.PixelShuffle(2), nn.ReLU()]
+        channels = width
+    if steps == 0:
+        layers += [nn.Conv2d(channels, image_shape[0], 3, padding=1)]
+    else:
+        layers += [nn.Conv2d(channels, 4 * image_shape[0], 3, padding=1), nn.PixelShuffle(2)]
+    return nn.Sequential(*layers, nn.Sigmoid())
+
+
+def identity_decoder(latent_shape: tuple[int, ...], image_shape: tuple[int, int, int], width: int) -> nn.Module:
+    return nn.Unflatten(1, tuple(image_shape))
+
+
+MODEL_ADAPTERS: dict[str, ModelAdapter] = {
+    "cnn": ModelAdapter(_is_cnn, _cnn_layers, conv_decoder, True, "binned"),
+    "mlp": ModelAdapter(_is_mlp, _mlp_layers, identity_decoder, False, "binned"),
+    "resnet18": ModelAdapter(lambda m: isinstance(m, ResNet), _resnet_layers, conv_decoder, True, "class_rows"),
+}
+
+
+def adapter_for(model: nn.Module) -> ModelAdapter:
+    for adapter in MODEL_ADAPTERS.values():
+        if adapter.matches(model):
+            return adapter
+    raise ConfigError(
+        f"scale_mia supports the models {sorted(MODEL_ADAPTERS)}; got a {type(model).__name__} it cannot map"
+    )
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+# ---- phase 1: the autoencoder ----------------------------------------------------------------
+
+
+def dihedral(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A random flip (and, for square images, rotation) per batch: eight times the auxiliary
+    data with the same statistics."""
+    square = images.shape[-1] == images.shape[-2]
+    out = torch.rot90(images, int(torch.randint(4, (1,), generator=generator)), (2, 3)) if square else images
+    return out.flip(3) if bool(torch.randint(2, (1,), generator=generator)) else out
+
+
+class AutoEncoder(nn.Module):
+    def __init__(self, encoder: nn.Module, decoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+
+def train_autoencoder(
+    autoencoder: AutoEncoder, images: torch.Tensor, params: ScaleMiaParams, seed: int
+) -> AutoEncoder:
+    """MSE training with Adam on flipped/rotated auxiliary images (one-cycle learning rate)."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(autoencoder.parameters(), lr=params.ae_lr)
+    batches = math.ceil(len(images) / params.ae_batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, params.ae_lr, total_steps=max(1, params.ae_epochs * batches))
+    device = _device(autoencoder)
+    autoencoder.train()
+    for _ in tqdm(range(params.ae_epochs), desc="scale_mia autoencoder", unit="epoch", leave=False):
+        order = torch.randperm(len(images), generator=generator)
+        for start in range(0, len(images), params.ae_batch_size):
+            batch = dihedral(images[order[start : start + params.ae_batch_size]], generator).to(device)
+            loss = F.mse_loss(autoencoder(batch), batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    autoencoder.eval()
+    return autoencoder
+
+
+@torch.no_grad()
+def reprojection_error(encoder: nn.Module, decoder: nn.Module, latents: torch.Tensor) -> torch.Tensor:
+    """``|enc(dec(z)) - z| / |z|`` per latent: small for latents of real images, large for
+    mixtures of several (the encoder's non-linear latent set is not convex)."""
+    again = encoder(decoder(latents)).flatten(1)
+    return (again - latents).norm(dim=1) / latents.norm(dim=1).clamp(min=1e-12)
+
+
+# ---- the two ways a latent linear layer leaks ---------------------------------------------------
+
+
+@dataclass
+class CraftedLayers:
+    """Parameters the server writes into the latent linear layer (and the layer after it)."""
+
+    imprint_weight: torch.Tensor
+    imprint_bias: torch.Tensor
+    readout_weight: torch.Tensor | None = None
+    readout_bias: torch.Tensor | None = None
+    upstream: float = 1.0  # every sample's upstream gradient at the bins, times its batch size
+
+
+@dataclass
+class Solved:
+    """Candidate latents of one round and which of them the observations say are one sample."""
+
+    latents: torch.Tensor  # [M, D]
+    one_sample: torch.Tensor  # bool [M]
+    nonempty: int  # intervals (or classes) that hold any sample
+    intervals: int  # K
+
+
+class BinnedLayer:
+    """A hidden latent layer (ReLU, then a linear readout): K cumulative bins of one query."""
+
+    @staticmethod
+    def craft(latents: torch.Tensor, layers: LatentLayers, params: ScaleMiaParams, num_classes: int) -> CraftedLayers:
+        """Rows: one query (the auxiliary latents' first principal direction), thresholds at
+        quantiles of it, pre-activation ``bin_slope * (h - edge) / std(h)`` (small crafted rows
+        keep their update above float32 rounding). Readout: identical columns
+        ``beta * alpha``, alpha = +-1 by class, and a bias that makes the softmax's mean of
+        alpha zero, so every sample's upstream gradient is ``-+beta / batch`` whatever its label:
+        one unit per sample, which the selection counts. ``beta`` lets the bins move a logit by
+        at most ``logit_spread`` (the softmax stays soft)."""
+        K = layers.imprint.out_features
+        query = principal_direction(latents - latents.mean(0))
+        h = latents @ query
+        scale, offset = variant("cumulative").rows(quantile_edges(h, K).to(latents.device))
+        slope = params.bin_slope / ((float(h.std()) or 1.0) * float(scale[0]))  # relu: positively homogeneous
+        weight, bias = (slope * scale)[:, None] * query[None, :], slope * offset
+        pooled = F.relu(h[:, None] * (slope * scale)[None, :] + bias[None, :]).sum(1)
+        alpha = torch.tensor([1.0 if c % 2 == 0 else -1.0 for c in range(num_classes)], device=latents.device)
+        positives, negatives = int((alpha > 0).sum()), int((alpha < 0).sum())
+        prior = torch.where(alpha > 0, torch.tensor(max(negatives, 1) / positives), torch.tensor(1.0)).log()
+        mean = float(pooled.mean())
+        beta = params.logit_spread / max(float((pooled - mean).abs().max()), 1e-30)
+        readout = (beta * alpha)[:, None].expand(num_classes, K).contiguous()
+        return CraftedLayers(weight, bias, readout, prior.to(latents.device) - beta * mean * alpha, beta)
+
+    @staticmethod
+    def solve(weight: torch.Tensor, bias: torch.Tensor, view: ServerView, crafted: CraftedLayers, params: ScaleMiaParams) -> Solved:
+        """bin_solve per interval; one sample where the interval's bias-gradient difference is
+        what one sample makes: ``upstream * sample_weight_range`` (known local training) within
+        ``unit_tolerance``; two samples make about twice that, or cancel."""
+        solution = solve_bins(weight, bias, "cumulative")
+        candidates = solution.nonempty.nonzero().flatten()
+        low, high = sample_weight_range(view.num_samples, view.training)
+        magnitude = solution.weight[candidates].abs() / crafted.upstream
+        slack = params.unit_tolerance
+        one = (magnitude >= low * (1 - slack)) & (magnitude <= high * (1 + slack))
+        return Solved(solution.inputs[candidates], one, len(candidates), len(bias))
+
+
+class ClassRowLayer:
+    """The latent feeds the output layer directly (ResNet's ``fc``): its rows are the classes.
+
+    The server zeroes the layer, so every softmax is uniform and row c's gradient is
+    ``(Z / C - Z_c) / N`` (Z: all latents' sum, Z_c: class c's) with bias gradient
+    ``(n / C - m_c) / N``. A class absent from the round (the largest bias gradient) has row
+    ``Z / (C N)``; ``bin_solve`` on the pair (absent class, class c) gives ``Z_c / m_c`` and the
+    count ``m_c``: the latent itself when the class has one sample. Only K = C intervals: the
+    attack recovers samples alone in their class, from rounds that miss some class."""
+
+    @staticmethod
+    def craft(latents: torch.Tensor, layers: LatentLayers, params: ScaleMiaParams, num_classes: int) -> CraftedLayers:
+        zeros = torch.zeros_like(layers.imprint.weight)
+        return CraftedLayers(zeros, torch.zeros_like(layers.imprint.bias))
+
+    @staticmethod
+    def solve(weight: torch.Tensor, bias: torch.Tensor, view: ServerView, crafted: CraftedLayers, params: ScaleMiaParams) -> Solved:
+        n = sum(view.num_samples)
+        absent = int(bias.argmax())
+        if abs(float(bias[absent]) * n - n / len(bias)) > 0.5:  # every class present: Z unknown
+            return Solved(weight[:0], torch.zeros(0, dtype=torch.bool), len(bias), len(bias))
+        others = [c for c in range(len(bias)) if c != absent]
+        pairs_w = torch.stack([torch.stack([weight[absent], weight[c]]) for c in others]).flatten(0, 1)
+        pairs_b = torch.stack([torch.stack([bias[absent], bias[c]]) for c in others]).flatten()
+        X, valid = bin_solve(pairs_w[None].contiguous(), pairs_b[None].contiguous(), 0.5 / n)
+        counts = (pairs_b[0::2] - pairs_b[1::2]) * n
+        present = valid[0, 0::2]
+        one = (counts[present] - 1).abs() < 0.5
+        return Solved(X[0, 0::2][present], one, int(present.sum()), len(bias))
+
+
+LEAKAGE_LAYERS = {"binned": BinnedLayer, "class_rows": ClassRowLayer}
+
+
+# ---- the server hook -------------------------------------------------------------------------
+
+
+@dataclass
+class Crafting:
+    """What phase 1 produced: the autoencoder, the layer parameters, the selection threshold."""
+
+    autoencoder: AutoEncoder
+    layers: CraftedLayers
+    reprojection_threshold: float
+    seconds: float
+
+
+class ScaleMiaServer:
+    """The malicious server's ServerModelHook: same architecture, crafted parameters. Phase 1
+    runs at the first round, when the architecture is known."""
+
+    def __init__(self, params: ScaleMiaParams, knowledge: AttackerKnowledge) -> None:
+        self.params = params
+        self.knowledge = knowledge
+        self.crafting: Crafting | None = None
+
+    def before_round(self, round_index: int, model: nn.Module) -> nn.Module:
+        adapter = adapter_for(model)
+        if self.crafting is None:
+            self.crafting = self.phase_one(adapter, model)
+        layers = adapter.layers(model, self.knowledge.image_shape)
+        crafted = self.crafting.layers
+        with torch.no_grad():
+            layers.encoder.load_state_dict(self.crafting.autoencoder.encoder.state_dict())
+            layers.imprint.weight.copy_(crafted.imprint_weight)
+            layers.imprint.bias.copy_(crafted.imprint_bias)
+            if crafted.readout_weight is not None:
+                layers.readout.weight.copy_(crafted.readout_weight)
+                layers.readout.bias.copy_(crafted.readout_bias)
+        return model
+
+    def phase_one(self, adapter: ModelAdapter, model: nn.Module) -> Crafting:
+        """Autoencoder on the auxiliary data (a held-out part calibrates the reprojection
+        threshold), then the crafted layers from the auxiliary latents."""
+        began = time.perf_counter()
+        aux, shape, device = self.knowledge.auxiliary, self.knowledge.image_shape, _device(model)
+        layers = adapter.layers(model, shape)
+        holdout = max(1, round(self.params.holdout_fraction * len(aux)))
+        order = torch.randperm(len(aux), generator=torch.Generator().manual_seed(self.knowledge.seed))
+        decoder = adapter.decoder(layers.latent_shape, shape, self.params.decoder_width)
+        autoencoder = AutoEncoder(copy.deepcopy(layers.encoder), decoder).to(device)
+        if adapter.trains_autoencoder:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.knowledge.seed)
+                for module in autoencoder.modules():
+                    if hasattr(module, "reset_parameters"):
+                        module.reset_parameters()
+            train_autoencoder(autoencoder, aux.images[order[holdout:]], self.params, self.knowledge.seed)
+        with torch.no_grad():
+            latents = autoencoder.encoder(aux.images.to(device)).flatten(1)
+            held = autoencoder.encoder(aux.images[order[:holdout]].to(device)).flatten(1)
+            errors = reprojection_error(autoencoder.encoder, autoencoder.decoder, held)
+        threshold = float(torch.quantile(errors.double().cpu(), self.params.selection_quantile)) * self.params.selection_slack
+        crafted = LEAKAGE_LAYERS[adapter.leakage].craft(latents, layers, self.params, self.knowledge.num_classes)
+        return Crafting(autoencoder, crafted, threshold, time.perf_counter() - began)
+
+
+# ---- the attack --------------------------------------------------------------------------------
+
+
+@register_attack("scale_mia", "Scale-MIA: crafted latent linear layer + autoencoder; reads batches from the aggregate")
+class ScaleMia(Attack):
+    threat_model = ThreatModel.MALICIOUS_SERVER
+    Params = ScaleMiaParams
+    needs_individual_updates = False
+
+    def __init__(self, params: ScaleMiaParams | None = None) -> None:
+        super().__init__(params)
+        self.server: ScaleMiaServer | None = None
+
+    def prepare(self, knowledge: AttackerKnowledge) -> ScaleMiaServer:
+        aux = knowledge.auxiliary
+        if aux is None or len(aux) < 10:
+            raise ConfigError("scale_mia needs the attacker's auxiliary data: set scenario.auxiliary_samples (a few hundred)")
+        self.server = ScaleMiaServer(self.params, knowledge)
+        return self.server
+
+    def reconstruct(self, view: ServerView, knowledge: AttackerKnowledge) -> AttackOutput:
+        if self.server is None or self.server.crafting is None:
+            raise FlauditError("scale_mia: no crafted round to attack (prepare() and its server hook must run first)")
+        crafting = self.server.crafting
+        adapter = adapter_for(view.model)
+        layers = adapter.layers(view.model, knowledge.image_shape)
+        began = time.perf_counter()
+        update = view.layout.unflatten(view.aggregate)
+        weight = gradient_estimate(update[f"{layers.imprint_name}.weight"].float(), view.num_samples, view.training)
+        bias = gradient_estimate(update[f"{layers.imprint_name}.bias"].float(), view.num_samples, view.training)
+        solved = LEAKAGE_LAYERS[adapter.leakage].solve(weight.contiguous(), bias.contiguous(), view, crafting.layers, self.params)
+        device = _device(view.model)
+        latents = solved.latents.to(device)
+        encoder, decoder = crafting.autoencoder.encoder, crafting.autoencoder.decoder
+        nonnegative = (latents >= -1e-3 * latents.abs().amax(1, keepdim=True)).all(1)
+        errors = reprojection_error(encoder, decoder, latents) if len(latents) else torch.zeros(0, device=device)
+        keep = nonnegative & solved.one_sample.to(device) & (errors <= crafting.reprojection_threshold)
+        with torch.no_grad():
+            images = decoder(latents[keep]).clamp(0, 1) if bool(keep.any()) else torch.zeros(0, *knowledge.image_shape)
+        seconds = time.perf_counter() - began
+        n = sum(view.num_samples)
+        diagnostics = {
+            "bins": float(solved.intervals),
+            "samples": float(n),
+            "nonempty_bins": float(solved.nonempty),
+            "selected_bins": float(keep.sum()),
+            "isolation_bound": isolation_bound(n, solved.intervals),
+            "oracle_recovery_upper_bound": min(solved.nonempty, n) / n,
+            "reconstruction_seconds": seconds,
+            "phase_one_seconds": crafting.seconds,
+        }
+        return AttackOutput(images.cpu(), target_clients=view.participants, diagnostics=diagnostics)
