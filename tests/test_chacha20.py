@@ -25,8 +25,6 @@ needs_cuda_kernels = pytest.mark.skipif(
     reason="needs a CUDA device and flaudit_C built with its CUDA kernels",
 )
 
-ISAS = ("sse2", "avx2", "avx512")
-
 
 def as_tensor(data: bytes, device="cpu") -> torch.Tensor:
     return torch.tensor(list(data), dtype=torch.uint8, device=device)
@@ -42,19 +40,6 @@ def kernel(key: bytes, nonce: bytes, counter: int, n_words: int, device="cpu") -
     out = torch.ops.flaudit.chacha20(as_tensor(key, device), as_tensor(nonce, device), counter, n_words)
     assert out.dtype == torch.int32 and out.shape == (n_words,) and out.device.type == device
     return out.cpu().numpy()
-
-
-@pytest.fixture(params=ISAS)
-def isa(request, monkeypatch):
-    """Runs the CPU kernel with the vector width of ``request.param`` (skipped if the CPU lacks it)."""
-    if not native.extension_available():
-        pytest.skip("flaudit_C not built")
-    monkeypatch.setenv("FLAUDIT_SECAGG_ISA", request.param)
-    try:
-        torch.ops.flaudit.chacha20(torch.zeros(32, dtype=torch.uint8), torch.zeros(12, dtype=torch.uint8), 0, 1)
-    except ValueError as exc:
-        pytest.skip(str(exc))
-    return request.param
 
 
 # RFC 8439 Appendix A.1: the block function (key, nonce, counter) -> first 64 keystream bytes.

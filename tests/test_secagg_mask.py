@@ -33,20 +33,6 @@ needs_cuda_kernels = pytest.mark.skipif(
     reason="needs a CUDA device and flaudit_C built with its CUDA kernels",
 )
 
-ISAS = ("sse2", "avx2", "avx512")
-
-
-@pytest.fixture(params=ISAS)
-def isa(request, monkeypatch):
-    if not native.extension_available():
-        pytest.skip("flaudit_C not built")
-    monkeypatch.setenv("FLAUDIT_SECAGG_ISA", request.param)
-    try:
-        torch.ops.flaudit.chacha20(torch.zeros(32, dtype=torch.uint8), torch.zeros(12, dtype=torch.uint8), 0, 1)
-    except ValueError as exc:
-        pytest.skip(str(exc))
-    return request.param
-
 
 def random_seeds(count: int) -> list[bytes]:
     return [os.urandom(32) for _ in range(count)]

@@ -1,0 +1,22 @@
+"""Fixtures shared by several test files."""
+
+import pytest
+import torch
+
+from scenarios import native
+
+SECAGG_ISAS = ("sse2", "avx2", "avx512")
+
+
+@pytest.fixture(params=SECAGG_ISAS)
+def isa(request, monkeypatch):
+    """Runs the secagg/ChaCha20 CPU kernels with the vector width of ``request.param``
+    (skipped when the extension is not built or the CPU lacks that instruction set)."""
+    if not native.extension_available():
+        pytest.skip("flaudit_C not built")
+    monkeypatch.setenv("FLAUDIT_SECAGG_ISA", request.param)
+    try:
+        torch.ops.flaudit.chacha20(torch.zeros(32, dtype=torch.uint8), torch.zeros(12, dtype=torch.uint8), 0, 1)
+    except ValueError as exc:
+        pytest.skip(str(exc))
+    return request.param
