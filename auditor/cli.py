@@ -20,11 +20,12 @@ def _registries() -> dict[str, object]:
     from auditor.attacks import ATTACKS
     from defenses.registry import DEFENSES
     from scenarios.datasets import DATASETS
+    from scenarios.kinds import SCENARIO_KINDS
     from scenarios.models import MODELS
     from scenarios.partition import PARTITIONS
 
     return {
-        "datasets": DATASETS, "partitions": PARTITIONS, "models": MODELS,
+        "scenario kinds": SCENARIO_KINDS, "datasets": DATASETS, "partitions": PARTITIONS, "models": MODELS,
         "defenses": DEFENSES, "attacks": ATTACKS,
     }
 
@@ -184,6 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FlauditError as exc:
         print(f"flaudit: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `flaudit list | head`: the reader left, which is not an error
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -30,11 +30,12 @@ import torch
 from auditor.attacks.base import Attack, AttackerKnowledge
 from auditor.grids import best_pairs, grid_png
 from auditor.jsonable import digest, to_json
-from auditor.scoring import score
+from auditor.scoring import score_output
 from auditor.threat_views import view_source
 from defenses.base import compose
-from scenarios.fedavg import FedAvgSimulation, RoundRecord
-from scenarios.scenario import FLWorld, ScenarioConfig, build_world, derive_seed
+from scenarios.fedavg import RoundRecord
+from scenarios.kinds import scenario_kind
+from scenarios.scenario import FLWorld, ScenarioConfig, derive_seed
 
 TRACEBACK_CHARS = 2000
 SEED_STREAM = 7  # derive_seed(scenario seed, SEED_STREAM, step) seeds the global RNGs
@@ -104,7 +105,8 @@ class AttackJob:
 
     @property
     def shapes_model(self) -> bool:
-        """True when the attack may prepare the server's model (then it needs its own run)."""
+        """True when the attack may prepare the server's model or an adversarial client (then it
+        needs its own run)."""
         return self.attack.cls.prepare is not Attack.prepare
 
     def attack_on(
@@ -118,7 +120,7 @@ class AttackJob:
         began = time.perf_counter()
         output = attack.reconstruct(view, knowledge)
         attack_seconds = time.perf_counter() - began
-        scored = score(output, world.data.train, record.ground_truth, self.psnr_threshold)
+        scored = score_output(output, world, record.ground_truth, self.psnr_threshold)
         result = {
             "status": "ok",
             "metrics": {**scored.metrics, "attack_seconds": attack_seconds},
@@ -152,7 +154,8 @@ class Unit:
         return ((self.utility,) if self.utility else ()) + self.attacks
 
     def run(self) -> list[dict[str, Any]]:
-        world = build_world(self.scenario)
+        kind = scenario_kind(self.scenario.kind)
+        world = kind.build_world(self.scenario)
         defenses = [d.build() for d in self.defenses]
         knowledge = AttackerKnowledge.of(world)
         hooks = compose(defenses, world)
@@ -160,11 +163,12 @@ class Unit:
         prepare_seconds = 0.0
         if any(job.shapes_model for job in self.attacks):
             began = time.perf_counter()
-            hooks.server_model = attacks[0].prepare(knowledge)
+            attacker = self.attacks[0].attacker_client  # None: client 0 (the peer view's default under full participation)
+            hooks.install(attacks[0].prepare(knowledge), 0 if attacker is None else attacker)
             prepare_seconds = time.perf_counter() - began
         wanted = {job.attacked_round for job in self.attacks}
         rounds = self.scenario.rounds if self.utility else max(wanted) + 1
-        simulation, records, accuracies = FedAvgSimulation(world, hooks), {}, []
+        simulation, records, accuracies = kind.simulation(world, hooks), {}, []
         began = time.perf_counter()
         for round_index in range(rounds):
             record = simulation.run_round(round_index)

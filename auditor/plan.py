@@ -3,7 +3,9 @@
 Everything a user can get wrong is checked here, before any job runs: component names against
 the registries, parameters against each component's ``Params``, the attacked round against the
 scenario's rounds, and each scenario by building its world once (unknown dataset or model,
-unreadable data root, impossible partition) and composing each defense column on it.
+unreadable data root, impossible partition) and composing each defense column on it. A column
+the scenario's kind rejects (e.g. top-k sparsification on a logit-sharing round, which has no
+updates) is not applicable there: its cells carry the kind's reason and its utility is not run.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ from auditor.attacks.base import ThreatModel
 from auditor.catalog import Catalog
 from auditor.config import WILDCARD, AttackSpec, AuditConfig, ComponentSpec, DefenseSpec, ScenarioSpec
 from auditor.jobs import AttackJob, Component, UtilityJob
-from auditor.threat_views import view_source
+from auditor.threat_views import kind_mismatch, view_source
 from defenses.base import compose
 from scenarios.errors import ConfigError, FlauditError, UnknownNameError
 from scenarios.registry import Registry
-from scenarios.scenario import build_world
+from scenarios.kinds import scenario_kind
 
 @dataclass(frozen=True)
 class DefenseColumn:
@@ -68,6 +70,7 @@ class AuditPlan:
     utility_jobs: tuple[UtilityJob, ...]
     threads: int
     catalog: Catalog
+    rejected: Mapping[tuple[str, str], str]  # (scenario, defense) labels -> why its kind cannot run that column
 
     @property
     def jobs(self) -> list[UtilityJob | AttackJob]:
@@ -134,19 +137,21 @@ def _attacked_round(row: AttackRow, config: AuditConfig, scenario: ScenarioSpec)
     return resolved
 
 
-def _preflight(scenario: ScenarioSpec, defenses: tuple[DefenseColumn, ...]) -> None:
-    """Builds the scenario's world (first seed) and composes every defense column on it."""
+def _preflight(scenario: ScenarioSpec, defenses: tuple[DefenseColumn, ...]) -> dict[str, str]:
+    """Builds the scenario's world (first seed) and composes every defense column on it;
+    returns why the scenario's kind rejects a column, by column label."""
     try:
-        world = build_world(scenario.config.replace(seed=scenario.seeds[0]))
+        kind = scenario_kind(scenario.config.kind)
+        world = kind.build_world(scenario.config.replace(seed=scenario.seeds[0]))
         world.new_model()
-        for column in defenses:
-            compose([c.build() for c in column.components], world)
+        hooks = {column.label: compose([c.build() for c in column.components], world) for column in defenses}
     except FlauditError as exc:
         raise type(exc)(f"scenario {scenario.label!r}: {exc}") from None
+    return {label: reason for label, column_hooks in hooks.items() if (reason := kind.rejects(column_hooks))}
 
 
 def _not_applicable(row: AttackRow, scenario: ScenarioSpec, column: DefenseColumn) -> str | None:
-    unavailable = view_source(row.threat_model).unavailable
+    unavailable = kind_mismatch(row.threat_model, scenario.config.kind) or view_source(row.threat_model).unavailable
     if unavailable:
         return unavailable
     attack = row.component.build()
@@ -166,20 +171,20 @@ def build_plan(config: AuditConfig, catalog: Catalog, preflight: bool = True) ->
     )
     options = config.options
     threads = options.threads
-    utility_jobs, cells = [], []
+    utility_jobs, cells, rejected = [], [], {}
     for scenario in config.scenarios:
-        if preflight:
-            _preflight(scenario, columns)
-        for column in columns:
-            utility_jobs += [
-                UtilityJob(scenario.label, column.label, scenario.config.replace(seed=seed), column.components, threads)
-                for seed in scenario.seeds
-            ]
+        rejects = _preflight(scenario, columns) if preflight else {}
+        rejected.update({(scenario.label, label): reason for label, reason in rejects.items()})
+        utility_jobs += [
+            UtilityJob(scenario.label, column.label, scenario.config.replace(seed=seed), column.components, threads)
+            for column in columns if column.label not in rejects
+            for seed in scenario.seeds
+        ]
         for row in rows:
             attacked_round = _attacked_round(row, config, scenario)
             for column in columns:
                 identity = cell_id(scenario.label, column.label, row.label)
-                reason = _not_applicable(row, scenario, column)
+                reason = rejects.get(column.label) or _not_applicable(row, scenario, column)
                 jobs = () if reason else tuple(
                     AttackJob(
                         identity, scenario.config.replace(seed=seed), column.components, row.component,
@@ -188,4 +193,4 @@ def build_plan(config: AuditConfig, catalog: Catalog, preflight: bool = True) ->
                     for seed in scenario.seeds
                 )
                 cells.append(Cell(identity, scenario, column, row, reason, jobs))
-    return AuditPlan(config, columns, rows, tuple(cells), tuple(utility_jobs), threads, catalog)
+    return AuditPlan(config, columns, rows, tuple(cells), tuple(utility_jobs), threads, catalog, rejected)

@@ -71,6 +71,12 @@ def _matrix_cell(cell: Mapping[str, Any]) -> str:
     return f'<td class=cell style="background:{colour}">' + "<br>".join(lines) + "</td>"
 
 
+def _utility_cell(entry: Mapping[str, Any]) -> str:
+    if entry["status"] == "not_applicable":
+        return f'<td class=cell title="{escape(entry["reason"])}"><b>n/a</b><span class=small>{escape(entry["reason"])}</span></td>'
+    return f"<td class=cell>{_num(entry['test_accuracy'], 3)}<br><span class=small>drop {_num(entry['accuracy_drop'], 3)}</span></td>"
+
+
 def _matrix(document: Mapping[str, Any], scenario: str) -> str:
     cells = {c["id"]: c for c in document["cells"] if c["scenario"] == scenario}
     audit = document["audit"]
@@ -82,11 +88,7 @@ def _matrix(document: Mapping[str, Any], scenario: str) -> str:
         found = (cells.get(f"{scenario}/{d}/{attack['label']}") for d in defenses)
         tds = "".join(_matrix_cell(c) if c else "<td>–</td>" for c in found)
         rows.append(f"<tr><th>{escape(attack['label'])}<br><span class='muted small'>{escape(attack['threat_model_text'])}</span></th>{tds}</tr>")
-    util = "".join(
-        f"<td class=cell>{_num(utility[d]['test_accuracy'], 3)}<br><span class=small>drop {_num(utility[d]['accuracy_drop'], 3)}</span></td>"
-        if d in utility else "<td>–</td>"
-        for d in defenses
-    )
+    util = "".join(_utility_cell(utility[d]) if d in utility else "<td>–</td>" for d in defenses)
     rows.append(f"<tr><th>utility: test accuracy</th>{util}</tr>")
     if not audit["attacks"]:
         rows.insert(0, f"<tr><td colspan={len(defenses) + 1}>No attack is registered: only utility was measured.</td></tr>")
@@ -164,7 +166,8 @@ def _utility_section(document: Mapping[str, Any], scenario: str) -> str:
             f"{escape(d)}: " + ", ".join(f"{escape(k)}={v['mean']:.4g}" for k, v in f.items() if v)
             for d, f in u["figures"].items() if f
         )
-        rows.append([escape(u["defense"]), _num(u["test_accuracy"], 3), _num(u["accuracy_drop"], 3), figures or "–", escape(u["status"])])
+        status = f"n/a: {u['reason']}" if u["status"] == "not_applicable" else u["status"]
+        rows.append([escape(u["defense"]), _num(u["test_accuracy"], 3), _num(u["accuracy_drop"], 3), figures or "–", escape(status)])
     return plot + _table(["defense", "test accuracy", "drop vs none", "defense figures (mean over seeds)", "status"], rows)
 
 

@@ -117,8 +117,8 @@ def _utility(plan: AuditPlan, results: Mapping[str, Mapping[str, Any]]) -> list[
     for job in plan.utility_jobs:
         by_pair[job.scenario_label, job.defense_label][job.scenario.seed] = results[job.key]
     entries = []
-    for (scenario, defense), runs in by_pair.items():
-        baseline = by_pair[scenario, BASELINE]
+    for scenario, defense in [(s.label, d.label) for s in plan.config.scenarios for d in plan.defenses]:
+        runs, baseline, reason = by_pair[scenario, defense], by_pair[scenario, BASELINE], plan.rejected.get((scenario, defense))
         ok = {s: r for s, r in runs.items() if r["status"] == "ok"}
         accuracy = {s: r["test_accuracy"] for s, r in ok.items()}
         base = {s: r["test_accuracy"] for s, r in baseline.items() if r["status"] == "ok"}
@@ -126,7 +126,8 @@ def _utility(plan: AuditPlan, results: Mapping[str, Mapping[str, Any]]) -> list[
         entries.append({
             "scenario": scenario,
             "defense": defense,
-            "status": "ok" if len(ok) == len(runs) else "error",
+            "status": "not_applicable" if reason else "ok" if len(ok) == len(runs) else "error",
+            "reason": reason,
             "test_accuracy": interval(accuracy.values(), *RANGES["test_accuracy"]),
             "baseline_test_accuracy": interval(base.values(), *RANGES["test_accuracy"]),
             "accuracy_drop": interval(drop, *RANGES["accuracy_drop"]),

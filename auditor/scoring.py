@@ -5,7 +5,8 @@ attacker, so the audit errs on the side of reporting leakage), matched to the ta
 optimal assignment and summarised with ``auditor.metrics``. An attack that returns no images
 and no labels recovered nothing (rate 0, no PSNR/SSIM); one that returns only labels is a
 label-inference attack, scored order-free (``label_count_accuracy``): attacks recover a
-batch's label multiset, not its order.
+batch's label multiset, not its order. Class representatives (``AttackOutput.represents``, the
+logit-inversion attacks) are scored per class by ``auditor.class_scoring``.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ from typing import Any
 import torch
 
 from auditor.attacks.base import AttackOutput
+from auditor.class_scoring import score_representatives
 from auditor.metrics import Matching, label_count_accuracy, match_reconstructions, summarize
 from scenarios.datasets import ImageDataset
 from scenarios.errors import FlauditError
+from scenarios.logit_sharing.world import LogitWorld
+from scenarios.scenario import FLWorld
 from scenarios.views import ClientTrace
 
 
@@ -47,13 +51,8 @@ def target_indices(output: AttackOutput, ground_truth: dict[int, ClientTrace]) -
     return torch.cat([ground_truth[c].sample_indices for c in output.target_clients])
 
 
-def score(
-    output: AttackOutput, train: ImageDataset, ground_truth: dict[int, ClientTrace], psnr_threshold: float
-) -> Scored:
-    index = target_indices(output, ground_truth)
-    if index.numel() == 0:
-        raise AttackOutputError("the targeted clients trained on no samples in the attacked round")
-    targets, true_labels = train.images[index], train.labels[index]
+def _checked_images(output: AttackOutput, train: ImageDataset) -> torch.Tensor:
+    """The output's images on the CPU, clamped to [0, 1], once their shape and values are valid."""
     images = output.images.detach().float().cpu()
     if images.dim() != 4 or tuple(images.shape[1:]) != train.image_shape:
         raise AttackOutputError(
@@ -61,7 +60,33 @@ def score(
         )
     if not torch.isfinite(images).all():
         raise AttackOutputError("the attack returned NaN or infinite pixel values")
-    images = images.clamp(0, 1)
+    return images.clamp(0, 1)
+
+
+def score_output(output: AttackOutput, world: FLWorld, ground_truth: dict[int, ClientTrace], psnr_threshold: float) -> Scored:
+    """Scores class representatives (``output.represents``) by the class criterion against the
+    world's public set, any other output with ``score``."""
+    if output.represents is None:
+        return score(output, world.data.train, ground_truth, psnr_threshold)
+    if not isinstance(world, LogitWorld):
+        raise AttackOutputError("class representatives are scored against a public set; this scenario has none")
+    represents = output.represents.detach().cpu().long().flatten()
+    images = _checked_images(output, world.data.train)
+    if represents.numel() != images.shape[0] or represents.unique().numel() != represents.numel():
+        raise AttackOutputError("`represents` must name one distinct class per reconstructed image")
+    private = world.data.train.subset(target_indices(output, ground_truth))
+    metrics, matching, means = score_representatives(images, represents, private, world.public_truth)
+    return Scored(metrics, matching, means, images)
+
+
+def score(
+    output: AttackOutput, train: ImageDataset, ground_truth: dict[int, ClientTrace], psnr_threshold: float
+) -> Scored:
+    index = target_indices(output, ground_truth)
+    if index.numel() == 0:
+        raise AttackOutputError("the targeted clients trained on no samples in the attacked round")
+    targets, true_labels = train.images[index], train.labels[index]
+    images = _checked_images(output, train)
     metrics: dict[str, Any] = {"n_targets": int(index.numel()), "n_reconstructed": int(images.shape[0])}
     matching = None
     if images.shape[0] > 0:

@@ -22,6 +22,8 @@ def _cell(cell: Mapping[str, Any]) -> str:
 
 
 def _accuracy(entry: Mapping[str, Any] | None) -> str:
+    if entry and entry["status"] == "not_applicable":
+        return "n/a"
     if not entry or not entry["test_accuracy"]:
         return "failed"
     text = f"{entry['test_accuracy']['mean']:.3f}"

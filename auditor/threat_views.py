@@ -13,6 +13,8 @@ from typing import Any, Protocol
 from auditor.attacks.base import ThreatModel
 from scenarios.errors import FlauditError
 from scenarios.fedavg import RoundRecord
+from scenarios.kinds import scenario_kind
+from scenarios.views import LogitView, PeerView, ServerView
 
 
 class ViewSource(Protocol):
@@ -50,6 +52,16 @@ class PeerViewSource:
 
 
 @dataclass(frozen=True)
+class LogitViewSource:
+    """The logit-sharing server: every client's logits on the public set, and the consensus."""
+
+    unavailable: str | None = None
+
+    def view(self, record: Any, attacker_client: int | None) -> Any:
+        return record.logit_view
+
+
+@dataclass(frozen=True)
 class UnavailableView:
     unavailable: str
 
@@ -61,15 +73,29 @@ VIEW_SOURCES: dict[ThreatModel, ViewSource] = {
     ThreatModel.HONEST_SERVER: ServerViewSource(),
     ThreatModel.MALICIOUS_SERVER: ServerViewSource(),
     ThreatModel.CURIOUS_CLIENT: PeerViewSource(),
-    ThreatModel.LOGIT_SERVER: UnavailableView(
-        "no scenario kind produces the logit-sharing server's view yet (FedAvg scenarios share updates, not logits)"
-    ),
+    ThreatModel.LOGIT_SERVER: LogitViewSource(),
+}
+VIEW_TYPES: dict[ThreatModel, type] = {  # what each threat model observes of a round
+    ThreatModel.HONEST_SERVER: ServerView,
+    ThreatModel.MALICIOUS_SERVER: ServerView,
+    ThreatModel.CURIOUS_CLIENT: PeerView,
+    ThreatModel.LOGIT_SERVER: LogitView,
 }
 
 
 def register_view_source(threat_model: ThreatModel, source: ViewSource) -> None:
     """Makes ``threat_model``'s attacks applicable, fed by ``source``."""
     VIEW_SOURCES[threat_model] = source
+
+
+def kind_mismatch(threat_model: ThreatModel, kind: str) -> str | None:
+    """Why a scenario of ``kind`` shows ``threat_model`` nothing (e.g. a FedMD round has no
+    updates, a FedAvg round no logits), or None when its rounds produce that view."""
+    wanted, produced = VIEW_TYPES.get(threat_model), scenario_kind(kind).views
+    if wanted is None or wanted in produced:
+        return None
+    shown = ", ".join(sorted(v.__name__ for v in produced))
+    return f"kind={kind!r} scenarios do not produce the {threat_model.value}'s view ({wanted.__name__}); they produce {shown}"
 
 
 def view_source(threat_model: ThreatModel) -> ViewSource:

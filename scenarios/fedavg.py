@@ -115,9 +115,13 @@ class FedAvgSimulation:
                 train.images[indices], train.labels[indices], indices, cfg.batch_size,
                 derive_seed(cfg.seed, 4, round_index, client_id),
             )
-            local, trace = train_client(
-                client_id, round_index, sent, loader, cfg.training, hooks.training_wrappers
-            )
+            adversary = hooks.adversarial_clients.get(client_id)
+            if adversary is None:
+                local, trace = train_client(
+                    client_id, round_index, sent, loader, cfg.training, hooks.training_wrappers
+                )
+            else:
+                local, trace = adversary.local_update(client_id, round_index, sent, loader, cfg.training)
             update = layout.check(layout.flatten(local) - start, f"client {client_id}'s update")
             own_updates[client_id] = update
             for transform in hooks.update_transforms:

@@ -4,19 +4,21 @@ A round runs: ``ServerModelHook.before_round`` (a malicious server may rewrite p
 where its threat model allows, the architecture) -> per client: local training through every
 ``TrainingWrapper`` (e.g. Opacus DP-SGD) -> every ``UpdateTransform`` on the flat update
 (noise, compression) -> the ``Aggregator`` protocol (plain weighted mean, secure aggregation).
+An ``AdversarialClient`` (a client-side attack such as DMGAN) replaces one client's local
+training; its upload then passes the same transforms and aggregator as everyone's.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from scenarios.updates import ParamLayout
-from scenarios.views import ClientUpload
+from scenarios.views import ClientTrace, ClientUpload, TrainingSpec
 
 
 class TrainingWrapper(Protocol):
@@ -65,6 +67,17 @@ class ServerModelHook(Protocol):
     def before_round(self, round_index: int, model: nn.Module) -> nn.Module: ...
 
 
+@runtime_checkable
+class AdversarialClient(Protocol):
+    """A participant that trains its own way instead of honestly (client-side attacks). It gets
+    what an honest client gets and returns the model it uploads and the batches of its own
+    data it used. It follows no client-side defense (a malicious client skips DP-SGD)."""
+
+    def local_update(
+        self, client_id: int, round_index: int, model: nn.Module, loader: DataLoader, spec: TrainingSpec
+    ) -> tuple[nn.Module, ClientTrace]: ...
+
+
 class WeightedMeanAggregator:
     """Plain FedAvg: the sample-count weighted mean, with every upload visible to the server."""
 
@@ -85,3 +98,12 @@ class FLHooks:
     aggregator: Aggregator = field(default_factory=WeightedMeanAggregator)
     server_model: ServerModelHook | None = None
     model_preparers: list[ModelPreparer] = field(default_factory=list)
+    adversarial_clients: dict[int, AdversarialClient] = field(default_factory=dict)  # client id -> it
+
+    def install(self, hook: ServerModelHook | AdversarialClient | None, attacker_client: int) -> None:
+        """Puts what an attack prepared in its slot: an adversarial client replaces
+        ``attacker_client``'s training; anything else is the server's model hook."""
+        if isinstance(hook, AdversarialClient):
+            self.adversarial_clients[attacker_client] = hook
+        else:
+            self.server_model = hook

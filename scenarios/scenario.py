@@ -28,12 +28,17 @@ from scenarios.views import TrainingSpec
 class ScenarioConfig:
     """The simulated federation. Defaults: the study's CNN on embedded digits, non-IID."""
 
+    kind: str = "fedavg"  # the protocol (scenarios.kinds.SCENARIO_KINDS): fedavg, fedmd, dsfl, fedgems
+    logit_options: dict[str, Any] = bounded({})  # the logit-sharing kinds' options, checked by the kind
     dataset: str = "digits"
     data_root: Path | None = None
     image_size: int | None = bounded(None, min=4)
     max_samples: int | None = bounded(None, min=1)
     model: str = "cnn"
     model_options: dict[str, Any] = bounded({})
+    extra_classes: int = bounded(
+        0, min=0, doc="output classes beyond the data's (DMGAN's 'fake' class); no sample carries them"
+    )
     clients: int = bounded(10, min=1)
     sample_fraction: float = bounded(1.0, min=0.0, max=1.0, exclusive_min=True)
     rounds: int = bounded(20, min=1)
@@ -95,7 +100,7 @@ class FLWorld:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             model = build_model(
-                cfg.model, self.data.train.image_shape, self.data.train.num_classes,
+                cfg.model, self.data.train.image_shape, self.data.train.num_classes + cfg.extra_classes,
                 **cfg.model_options,
             )
         return model.to(resolve_device(cfg.device))
@@ -116,6 +121,9 @@ def derive_seed(*parts: int) -> int:
 
 
 def build_world(config: ScenarioConfig) -> FLWorld:
+    """The FedAvg world; other kinds build theirs through ``scenarios.kinds``."""
+    if config.kind != "fedavg":
+        raise ConfigError(f"scenario.kind={config.kind!r} is not FedAvg: run it with `flaudit run` (scenarios.kinds)")
     resolve_device(config.device)
     data = load_dataset(
         config.dataset,

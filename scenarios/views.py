@@ -78,13 +78,27 @@ class PeerView:
         return self.layout.flatten(self.model_after) - self.layout.flatten(self.model_before)
 
 
+@dataclass(frozen=True, eq=False)
+class PublicSet:
+    """The public dataset every party of a logit-sharing federation holds: ``D_0`` (clean images
+    of the public labels) and ``D_a`` (the target labels' images in another, insensitive domain,
+    e.g. blurred), as the PLI paper splits it. ``labels`` is None when it is unlabelled (DS-FL)."""
+
+    images: torch.Tensor  # [N, C, H, W] in [0, 1]
+    labels: torch.Tensor | None  # [N], in the task's class space
+    auxiliary_domain: torch.Tensor  # bool [N]: True for D_a
+
+
 @dataclass(frozen=True)
 class LogitView:
-    """The logit-sharing server's view (FedMD family): client logits on the public set."""
+    """The logit-sharing server's view (FedMD family): each client's logits on the public set
+    (rows follow ``public``), the consensus it sent back, the public data, and the target labels
+    (the classes held privately, in the task's class space)."""
 
     round_index: int
-    public_indices: torch.Tensor
-    client_logits: dict[int, torch.Tensor]
+    public: PublicSet
+    target_labels: tuple[int, ...]
+    client_logits: dict[int, torch.Tensor]  # client id -> [N_public, classes]
     consensus_logits: torch.Tensor
 
 

@@ -13,4 +13,7 @@ register_attack = ATTACKS.register_class  # class decorator: registers and sets 
 
 
 # Attack families (each import registers its attacks):
-from auditor.attacks import rtf, scale_mia  # noqa: E402,F401
+from auditor.attacks import rtf, scale_mia  # noqa: E402,F401  (malicious server)
+from auditor.attacks import cpa, dlf, dlg, ggl, grnn, inverting_gradients, label_inference  # noqa: E402,F401  (honest server)
+from auditor.attacks import dmgan, peer  # noqa: E402,F401  (curious client)
+from auditor.attacks import logit_inversion  # noqa: E402,F401  (logit-sharing server)

@@ -3,8 +3,9 @@
 An attack declares its threat model; the auditor hands it the matching view of the attacked
 round (``ServerView``, ``PeerView`` or ``LogitView``) and ``AttackerKnowledge`` (public facts
 and the attacker's own auxiliary data), never client data. A malicious server prepares the
-model it sends in ``prepare``. The auditor scores ``AttackOutput.images`` against the ground
-truth of ``target_clients`` after optimal matching.
+model it sends in ``prepare``; a client-side attack, its adversarial client. The auditor
+scores ``AttackOutput.images`` against the ground truth of ``target_clients`` after optimal
+matching.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from defenses.base import Defense, NoParams
 from scenarios.config import from_mapping
 from scenarios.datasets import ImageDataset
-from scenarios.hooks import ServerModelHook
+from scenarios.hooks import AdversarialClient, ServerModelHook
 from scenarios.scenario import FLWorld, ScenarioConfig, resolve_device
 from scenarios.views import TrainingSpec
 
@@ -61,12 +62,17 @@ class AttackerKnowledge:
 
 @dataclass
 class AttackOutput:
-    """Reconstructed images in [0, 1] (any order, any count) and, optionally, labels."""
+    """Reconstructed images in [0, 1] (any order, any count) and, optionally, labels.
+
+    ``represents``: set by attacks that reconstruct one representative image per class (PLI)
+    rather than samples: the class of each image, scored by the class criterion of
+    ``auditor.class_scoring``."""
 
     images: torch.Tensor
     target_clients: tuple[int, ...]
     labels: torch.Tensor | None = None
     diagnostics: dict[str, float] = field(default_factory=dict)
+    represents: torch.Tensor | None = None
 
 
 class Attack(ABC):
@@ -97,8 +103,9 @@ class Attack(ABC):
             )
         return None
 
-    def prepare(self, knowledge: AttackerKnowledge) -> ServerModelHook | None:
-        """Offline preparation; a malicious server returns the hook that rewrites the model."""
+    def prepare(self, knowledge: AttackerKnowledge) -> ServerModelHook | AdversarialClient | None:
+        """Offline preparation; a malicious server returns the hook that rewrites the model, a
+        client-side attack the adversarial client that replaces the attacker's training."""
         return None
 
     @abstractmethod

@@ -1,0 +1,82 @@
+"""One inner-loop iteration of Inverting Gradients at 32x32 (3 channels, a dummy batch of 4,
+one local step): simulate the update of the dummy batch, its cosine distance + TV to the
+observed update, the gradient w.r.t. the images (double backward), the signed Adam step, for
+the study's CNN and ResNet-18 (BatchNorm), on the device the machine has.
+
+Each group holds the ``simulate_update`` path (``torch.func.functional_call``, candidate) and a
+plain-autograd path on the ``nn.Module`` (``model(x)`` then ``autograd.grad(create_graph=True)``
+over its parameters; reference; it can express one local step only); benches/conftest.py prints
+"reference / candidate".
+
+    OMP_NUM_THREADS=1 .venv/bin/python -m pytest benches/bench_inverting_gradients.py
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from auditor.attacks.inverting_gradients import update_objective
+from auditor.attacks.image_priors import total_variation
+from auditor.attacks.local_update import gradient_distance, parameter_mask, simulate_update
+from scenarios.models import build_model
+from scenarios.updates import ParamLayout
+from scenarios.views import TrainingSpec
+
+SHAPE = (3, 32, 32)
+BATCH = 4
+TV = 1e-4
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.fixture(scope="module", params=["cnn", "resnet18"])
+def setting(request):
+    torch.manual_seed(0)
+    model = build_model(request.param, SHAPE, 10).to(DEVICE)
+    layout = ParamLayout.of(model)
+    spec = TrainingSpec(epochs=1, batch_size=BATCH, lr=0.1, momentum=0.9, weight_decay=0.0)
+    labels = torch.arange(BATCH, device=DEVICE)
+    observed = simulate_update(model, layout, spec, torch.rand(BATCH, *SHAPE, device=DEVICE), labels, create_graph=False)
+    return request.param, model, layout, spec, labels, observed
+
+
+def autograd_objective(model, layout, spec, labels, observed):
+    """The single-step matching loss through the module itself (no functional_call)."""
+    target = observed[parameter_mask(layout).to(DEVICE)]  # parameters come first-to-last in layout order
+
+    def objective(images):
+        loss = F.cross_entropy(model(images), labels)
+        grads = torch.autograd.grad(loss, list(model.parameters()), create_graph=True)
+        candidate = -spec.lr * torch.cat([g.reshape(-1) for g in grads])
+        return gradient_distance(candidate, target, "cosine") + TV * total_variation(images).mean()
+
+    return objective
+
+
+@pytest.mark.parametrize("path", ["functional", "autograd"])
+def test_ig_iteration(benchmark, setting, path):
+    name, model, layout, spec, labels, observed = setting
+    model.train()
+    if path == "functional":
+        objective = update_objective(observed, model, layout, spec, labels, distance="cosine", tv_weight=TV)
+    else:
+        objective = autograd_objective(model, layout, spec, labels, observed)
+    x = torch.rand(BATCH, *SHAPE, device=DEVICE).requires_grad_()
+    optimizer = torch.optim.Adam([x], lr=0.1)
+    benchmark.group = f"IG iteration, {name} {SHAPE[1]}x{SHAPE[2]}, batch {BATCH}, {DEVICE.type}"
+    benchmark.extra_info.update(role="candidate" if path == "functional" else "reference", label=path)
+
+    def iteration():
+        loss = objective(x)
+        (grad,) = torch.autograd.grad(loss, x)
+        x.grad = grad.sign()
+        optimizer.step()
+        with torch.no_grad():
+            x.clamp_(0, 1)
+        if DEVICE.type == "cuda":
+            torch.cuda.synchronize()
+        return loss
+
+    loss = benchmark.pedantic(iteration, rounds=5, warmup_rounds=1, iterations=1)
+    assert torch.isfinite(loss)

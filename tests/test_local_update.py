@@ -1,0 +1,117 @@
+"""The differentiable client simulation against the real client (scenarios/client.py), and the
+distances and priors the gradient-matching attacks share."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from auditor.attacks.image_priors import total_variation
+from auditor.attacks.local_update import gradient_distance, parameter_mask, simulate_update
+from scenarios.client import train_client
+from scenarios.errors import ConfigError
+from scenarios.models import build_model
+from scenarios.updates import ParamLayout
+from scenarios.views import TrainingSpec
+
+
+def real_update(model, spec: TrainingSpec, images, labels, order=None):
+    """What train_client uploads when its loader yields the batches in ``order`` (no shuffle)."""
+    layout = ParamLayout.of(model)
+    index = torch.arange(len(labels)) if order is None else order
+    loader = DataLoader(TensorDataset(images[index], labels[index], index), batch_size=spec.batch_size)
+    trained, _ = train_client(0, 0, model, loader, spec, [])
+    return layout.flatten(trained) - layout.flatten(model)
+
+
+def batch(n: int, shape=(1, 8, 8), classes: int = 10, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, *shape, generator=g), torch.randint(classes, (n,), generator=g)
+
+
+@pytest.mark.parametrize(
+    "name, shape, spec",
+    [
+        ("cnn", (1, 8, 8), TrainingSpec(epochs=2, batch_size=4, lr=0.05, momentum=0.9, weight_decay=5e-4)),
+        ("lenet", (1, 16, 16), TrainingSpec(epochs=3, batch_size=5, lr=0.1, momentum=0.0, weight_decay=0.0)),
+        ("resnet18", (3, 16, 16), TrainingSpec(epochs=2, batch_size=4, lr=0.01, momentum=0.9, weight_decay=1e-4)),
+    ],
+)
+def test_simulation_equals_the_real_client(name, shape, spec):
+    """E epochs of momentum SGD with a short last batch; ResNet-18 adds BatchNorm (batch
+    statistics and running-statistic buffers)."""
+    torch.manual_seed(0)
+    model = build_model(name, shape, 10)
+    images, labels = batch(10, shape)
+    layout = ParamLayout.of(model)
+    expected = real_update(model, spec, images, labels)
+    simulated = simulate_update(model, layout, spec, images, labels, create_graph=False)
+    torch.testing.assert_close(simulated, expected, rtol=1e-4, atol=1e-5)
+    assert (simulated - expected).abs().max() <= 1e-5
+    if name == "resnet18":
+        assert not bool(parameter_mask(layout).all()) and bool((simulated[~parameter_mask(layout)] != 0).any())
+
+
+def test_per_epoch_order_and_images():
+    """Per-epoch orders reproduce a client that saw the batches in that order; an [E, N, ...]
+    stack of identical copies gives the same update as the plain batch."""
+    torch.manual_seed(1)
+    model = build_model("cnn", (1, 8, 8), 10)
+    layout = ParamLayout.of(model)
+    spec = TrainingSpec(epochs=1, batch_size=3, lr=0.05, momentum=0.9, weight_decay=0.0)
+    images, labels = batch(7)
+    order = torch.randperm(7, generator=torch.Generator().manual_seed(3))
+    expected = real_update(model, spec, images, labels, order)
+    simulated = simulate_update(model, layout, spec, images, labels, create_graph=False, order=order[None])
+    torch.testing.assert_close(simulated, expected, rtol=1e-4, atol=1e-5)
+    two = TrainingSpec(epochs=2, batch_size=3, lr=0.05, momentum=0.9, weight_decay=0.0)
+    stacked = simulate_update(model, layout, two, images.expand(2, *images.shape), labels, create_graph=False)
+    torch.testing.assert_close(stacked, simulate_update(model, layout, two, images, labels, create_graph=False))
+
+
+def test_single_step_is_minus_lr_times_the_gradient_and_differentiable():
+    """E=1, N <= B: the update is -lr * gradient (momentum plays no part); soft one-hot labels
+    give the same update as class ids, and the update has a gradient w.r.t. images and labels."""
+    torch.manual_seed(2)
+    model = build_model("cnn", (1, 8, 8), 10)
+    layout = ParamLayout.of(model)
+    spec = TrainingSpec(epochs=1, batch_size=8, lr=0.1, momentum=0.9, weight_decay=0.0)
+    images, labels = batch(4)
+    loss = torch.nn.functional.cross_entropy(model(images), labels)
+    gradient = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(model.parameters()))])
+    update = simulate_update(model, layout, spec, images, labels, create_graph=False)
+    torch.testing.assert_close(update, -spec.lr * gradient)
+    x = images.clone().requires_grad_()
+    soft = torch.nn.functional.one_hot(labels, 10).float().requires_grad_()
+    differentiable = simulate_update(model, layout, spec, x, soft)
+    torch.testing.assert_close(differentiable.detach(), update)
+    gx, gy = torch.autograd.grad(gradient_distance(differentiable, update.flip(0)), (x, soft))
+    assert gx.abs().sum() > 0 and gy.abs().sum() > 0
+
+
+def test_distances_and_total_variation():
+    a, b = torch.tensor([1.0, 0.0, 2.0]), torch.tensor([2.0, 0.0, 4.0])
+    assert gradient_distance(a, b, "l2") == pytest.approx(5.0)
+    assert gradient_distance(a, b, "l1") == pytest.approx(3.0)
+    assert gradient_distance(a, b, "cosine") == pytest.approx(0.0, abs=1e-6)
+    mask = torch.tensor([True, False, False])
+    assert gradient_distance(a, b, "l2", mask) == pytest.approx(1.0)
+    assert total_variation(torch.ones(2, 1, 4, 4)).tolist() == [0.0, 0.0]
+    stripes = torch.tensor([0.0, 1.0]).repeat(4, 2).view(1, 1, 4, 4)
+    assert total_variation(stripes).tolist() == pytest.approx([1.0])  # columns alternate, rows do not
+    with pytest.raises(ConfigError, match="unknown gradient distance 'l3'"):
+        gradient_distance(a, b, "l3")
+
+
+def test_clear_errors():
+    model = build_model("cnn", (1, 8, 8), 10)
+    layout = ParamLayout.of(model)
+    spec = TrainingSpec(epochs=2, batch_size=4, lr=0.1, momentum=0.0, weight_decay=0.0)
+    images, labels = batch(4)
+    with pytest.raises(ConfigError, match="labels of shape"):
+        simulate_update(model, layout, spec, images, labels[:3])
+    with pytest.raises(ConfigError, match=r"images must be"):
+        simulate_update(model, layout, spec, images.expand(3, *images.shape), labels)
+    with pytest.raises(ConfigError, match="order must be"):
+        simulate_update(model, layout, spec, images, labels, order=torch.arange(4)[None])
