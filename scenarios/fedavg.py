@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from scenarios.client import accuracy, make_loader, train_client
+from scenarios.datasets import ImageDataset
 from scenarios.hooks import FLHooks
 from scenarios.scenario import FLWorld, derive_seed
 from scenarios.updates import ParamLayout
@@ -26,13 +27,17 @@ from scenarios.views import ClientTrace, ClientUpload, PeerView, ServerView
 
 @dataclass(frozen=True)
 class RoundRecord:
-    """Everything about one round: the server's view, and ground truth for scoring only."""
+    """Everything about one round: the server's view, and ground truth for scoring only.
+
+    ``train_data`` is the federation's training set (a reference, not a copy): the clients' own
+    data are slices of it, and a peer view carries its client's slice."""
 
     server_view: ServerView
     model_after: nn.Module
     client_updates: dict[int, torch.Tensor]  # each client's own update, before transforms
     ground_truth: dict[int, ClientTrace]
     test_accuracy: float
+    train_data: ImageDataset
 
     @property
     def round_index(self) -> int:
@@ -50,6 +55,7 @@ class RoundRecord:
             training=view.training,
             own_update=self.client_updates[client_id],
             own_num_samples=view.num_samples[position],
+            own_data=self.train_data.subset(self.ground_truth[client_id].sample_indices),
             num_participants=len(view.participants) if participants_known else None,
         )
 
@@ -146,7 +152,7 @@ class FedAvgSimulation:
             transcript=outcome.transcript,
         )
         test = world.test_set
-        return RoundRecord(view, after, own_updates, traces, accuracy(after, test.images, test.labels))
+        return RoundRecord(view, after, own_updates, traces, accuracy(after, test.images, test.labels), train)
 
     def run(self, observers: Iterable[Observer] = (), progress: bool = True) -> SimulationResult:
         observers = list(observers)

@@ -1,7 +1,8 @@
 """What each party observes, per the threat-model table of DESIGN.md.
 
 Attacks receive one of these views and nothing else; the ground truth (which samples each
-client trained on) stays in ``RoundRecord.ground_truth`` for scoring only.
+client trained on) stays in ``RoundRecord.ground_truth`` for scoring only, save a client's own
+samples, which its ``PeerView`` carries because that client holds them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from scenarios.datasets import ImageDataset
 from scenarios.updates import ParamLayout
 
 
@@ -61,7 +63,9 @@ class ServerView:
 
 @dataclass(frozen=True)
 class PeerView:
-    """An honest-but-curious client's view: consecutive global models and its own update."""
+    """An honest-but-curious client's view: consecutive global models, its own update, and its
+    own training data of the round (``own_data``: the samples it trained on, none of its
+    peers'), which it holds as any client does."""
 
     round_index: int
     client_id: int
@@ -71,6 +75,7 @@ class PeerView:
     training: TrainingSpec
     own_update: torch.Tensor
     own_num_samples: int
+    own_data: ImageDataset
     num_participants: int | None
 
     @property

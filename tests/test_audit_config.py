@@ -172,7 +172,7 @@ def test_embedded_default_audit():
     assert quick.profile == "quick" and quick.source == "<embedded default>"
     assert [(s.label, s.seeds) for s in quick.scenarios] == [("digits-cnn", (0,))]
     full = load_audit(None, "full")
-    assert [s.label for s in full.scenarios] == ["digits-cnn", "photo_patches-cnn"]
+    assert [s.label for s in full.scenarios] == ["digits-cnn", "photo_patches-cnn", "digits-fedmd"]
     assert all(len(s.seeds) == 3 for s in full.scenarios)
     document = tomllib.loads(default_audit_text())
     assert document["attack"] == [{"name": "*"}] and document["defense"] == [{"name": "*"}]

@@ -24,19 +24,17 @@ from auditor.attacks.learned_prior import AutoencoderSpec, reconstruction_error,
 from auditor.attacks.peer import PeerParams, PeerReconstruction, estimate_peers, others_update
 from auditor.jobs import AttackJob, Component, Unit
 from auditor.metrics import label_count_accuracy, match_reconstructions, summarize
-from scenarios.errors import ConfigError, FlauditError
+from scenarios.errors import FlauditError
 from scenarios.fedavg import FedAvgSimulation
 from scenarios.scenario import ScenarioConfig, build_world
 
-AUX = 200
-
 
 def equal_peers(clients: int, per_client: int, **changes) -> ScenarioConfig:
-    """digits with exactly ``per_client`` samples per client (one local batch of them) and AUX
-    images of the attacker's own."""
+    """digits with exactly ``per_client`` samples per client (one local batch of them) and no
+    auxiliary data: the attacker's only images are its own training samples."""
     base = dict(
         dataset="digits", model="cnn", clients=clients, partition="iid", rounds=1, local_epochs=1,
-        batch_size=per_client, auxiliary_samples=AUX, max_samples=AUX + clients * per_client, seed=0,
+        batch_size=per_client, max_samples=clients * per_client, seed=0,
     )
     return ScenarioConfig(**{**base, **changes})
 
@@ -100,23 +98,33 @@ def test_peers_images_are_recovered_with_their_labels(four_clients):
     assert output.diagnostics["prior_local_autoencoder"] == 0.0 and output.diagnostics["images"] == 12
 
 
-def test_local_autoencoder_prior(four_clients):
-    """The prior is trained on the attacker's own images: it reconstructs them far better than
-    noise, the attack reports it, and it needs own images."""
+def test_view_carries_exactly_the_attackers_own_samples(four_clients):
+    """The peer view holds the images and labels the attacker trained on, and nothing of its
+    peers'."""
     world, knowledge, record = four_clients
+    own = record.peer_view(0).own_data
+    train = world.data.train
+    mine = record.ground_truth[0].sample_indices
+    assert torch.equal(own.images, train.images[mine]) and torch.equal(own.labels, train.labels[mine])
+    theirs = train.images[torch.cat([record.ground_truth[c].sample_indices for c in (1, 2, 3)])]
+    assert not (own.images[:, None] == theirs[None]).flatten(2).all(2).any()
+
+
+def test_local_autoencoder_prior(four_clients):
+    """The prior is trained on the attacker's own training images (no auxiliary data in this
+    world): it reconstructs them far better than noise, and the attack reports it."""
+    world, knowledge, record = four_clients
+    assert knowledge.auxiliary is None
+    own = record.peer_view(0).own_data
     spec = AutoencoderSpec(width=16, steps=200, batch_size=64, lr=1e-3, noise=0.1, seed=0)
-    autoencoder = train_autoencoder(world.auxiliary, spec, torch.device("cpu"))
+    autoencoder = train_autoencoder(own, spec, torch.device("cpu"))
     with torch.no_grad():
-        own = float(reconstruction_error(autoencoder, world.auxiliary.images))
-        noise = float(reconstruction_error(autoencoder, torch.rand_like(world.auxiliary.images)))
-    assert own < noise / 3, (own, noise)
+        own_error = float(reconstruction_error(autoencoder, own.images))
+        noise = float(reconstruction_error(autoencoder, torch.rand_like(own.images)))
+    assert own_error < noise / 3, (own_error, noise)
+    assert PeerReconstruction(PeerParams(prior="local_autoencoder")).not_applicable(equal_peers(4, 4), []) is None
     output, _, matching, _ = attack(world, knowledge, record, PeerParams(prior="local_autoencoder", iterations=30))
-    assert output.diagnostics["prior_local_autoencoder"] == 1.0 and output.diagnostics["prior_training_images"] == AUX
-    bare = AttackerKnowledge.of(build_world(equal_peers(4, 4, auxiliary_samples=0, max_samples=16)))
-    with pytest.raises(ConfigError, match="own images"):
-        PeerReconstruction(PeerParams(prior="local_autoencoder")).local_prior(bare)
-    reason = PeerReconstruction(PeerParams(prior="local_autoencoder")).not_applicable(equal_peers(4, 4, auxiliary_samples=0), [])
-    assert reason is not None and "own images" in reason
+    assert output.diagnostics["prior_local_autoencoder"] == 1.0 and output.diagnostics["prior_own_training_images"] == 4
 
 
 def test_client_sampling_makes_it_not_applicable(four_clients):

@@ -16,11 +16,11 @@ compression did to the client's own upload: the view's own update is the one bef
 Equal-size peers that run the same number of local steps move the model, on average, like one
 client training on their union with a batch (P - 1) times larger (exact for one local step), so
 the peers' mean update is inverted as that virtual client's with the Inverting Gradients
-machinery (``invert_update``) and its inferred label counts (``infer_label_counts``). Prior
-``local_autoencoder`` adds the reconstruction error of a denoising autoencoder trained on the
-client's own images (``AttackerKnowledge.auxiliary``, the framework's channel for the
-attacker's data; the peer view carries none) in place of the paper's pretrained diffusion
-model, which cannot be downloaded here.
+machinery (``invert_update``) and its inferred label counts (``infer_label_counts``, whose
+mean-prediction probe is the client's own images). Prior ``local_autoencoder`` adds the
+reconstruction error of a denoising autoencoder trained on the client's own training images of
+the round (``PeerView.own_data``: a client holds its data, so it needs no auxiliary set) in
+place of the paper's pretrained diffusion model, which cannot be downloaded here.
 """
 
 from __future__ import annotations
@@ -40,15 +40,10 @@ from auditor.attacks.label_inference import PROBE_SAMPLES, infer_label_counts, l
 from auditor.attacks.learned_prior import AutoencoderSpec, autoencoder_penalty, reconstruction_error, trained_autoencoder
 from defenses.base import Defense
 from scenarios.config import bounded
-from scenarios.errors import ConfigError
 from scenarios.scenario import ScenarioConfig
 from scenarios.views import PeerView, TrainingSpec
 
 Prior = Literal["none", "local_autoencoder"]
-NO_OWN_IMAGES = (
-    "peer's prior 'local_autoencoder' trains on the attacker's own images, and it has none "
-    "(scenario.auxiliary_samples = 0)"
-)
 
 
 @dataclass(frozen=True)
@@ -105,8 +100,6 @@ class PeerReconstruction(Attack):
     profiles = {"full": {"iterations": 24000, "restarts": 4, "prior_steps": 5000, "prior_width": 32}}
 
     def not_applicable(self, scenario: ScenarioConfig, defenses: Sequence[Defense]) -> str | None:
-        if self.params.prior == "local_autoencoder" and scenario.auxiliary_samples == 0:
-            return NO_OWN_IMAGES
         return needs_full_participation(self.name, scenario) or super().not_applicable(scenario, defenses)
 
     def reconstruct(self, view: PeerView, knowledge: AttackerKnowledge) -> AttackOutput:
@@ -115,10 +108,9 @@ class PeerReconstruction(Attack):
         observed, peer_total = estimate.mean_update.float(), estimate.samples
         training = virtual_training(view.training, len(estimate.clients))
         model, layout = view.model_before, view.layout
-        aux = knowledge.auxiliary
         counts = infer_label_counts(
             model, layout, training, observed, peer_total, knowledge.num_classes,
-            probe=None if aux is None else aux.images[:PROBE_SAMPLES].to(knowledge.device),
+            probe=view.own_data.images[:PROBE_SAMPLES].to(knowledge.device),
             image_shape=knowledge.image_shape, seed=knowledge.seed,
         )
         labels = labels_from_counts(counts)
@@ -131,7 +123,7 @@ class PeerReconstruction(Attack):
         }
         regularizer = None
         if params.prior == "local_autoencoder":
-            regularizer, prior_figures = self.local_prior(knowledge)
+            regularizer, prior_figures = self.local_prior(view, knowledge)
             diagnostics.update(prior_figures)
         ig = IgParams(iterations=params.iterations, restarts=params.restarts, lr=params.lr, tv_weight=params.tv_weight)
         images = invert_update(
@@ -140,16 +132,13 @@ class PeerReconstruction(Attack):
         )
         return AttackOutput(images.cpu(), estimate.clients, labels.cpu(), diagnostics)
 
-    def local_prior(self, knowledge: AttackerKnowledge) -> tuple[Callable[[Tensor], Tensor], dict[str, float]]:
-        """The regularizer of prior ``local_autoencoder``, trained on the attacker's own images,
-        and its figures for the diagnostics."""
-        aux = knowledge.auxiliary
-        if aux is None:
-            raise ConfigError(NO_OWN_IMAGES)
-        params = self.params
+    def local_prior(self, view: PeerView, knowledge: AttackerKnowledge) -> tuple[Callable[[Tensor], Tensor], dict[str, float]]:
+        """The regularizer of prior ``local_autoencoder``, trained on the attacker's own training
+        images of the round, and its figures for the diagnostics."""
+        own, params = view.own_data, self.params
         spec = AutoencoderSpec(params.prior_width, params.prior_steps, 64, 1e-3, params.prior_noise, knowledge.seed)
-        autoencoder = trained_autoencoder(aux, spec, knowledge.device)
+        autoencoder = trained_autoencoder(own, spec, knowledge.device)
         with torch.no_grad():
-            error = float(reconstruction_error(autoencoder, aux.images.to(knowledge.device)))
-        figures = {"prior_training_images": float(len(aux)), "prior_error_on_own_images": error}
+            error = float(reconstruction_error(autoencoder, own.images.to(knowledge.device)))
+        figures = {"prior_own_training_images": float(len(own)), "prior_error_on_own_images": error}
         return autoencoder_penalty(autoencoder, params.prior_weight), figures
