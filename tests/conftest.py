@@ -4,8 +4,15 @@ import pytest
 import torch
 
 from scenarios import native
+from scenarios.scenario import ScenarioConfig, build_world
 
 SECAGG_ISAS = ("sse2", "avx2", "avx512")
+
+
+@pytest.fixture(scope="module")
+def small_world():
+    """Two IID digits clients, 4 rounds: enough for defenses to be composed and trained on."""
+    return build_world(ScenarioConfig(clients=2, rounds=4, partition="iid", batch_size=32, seed=3, lr=0.1))
 
 
 @pytest.fixture(params=SECAGG_ISAS)

@@ -14,14 +14,6 @@ from scenarios.fedavg import FedAvgSimulation
 from scenarios.scenario import ScenarioConfig, build_world
 from scenarios.updates import ParamLayout
 
-SMALL = ScenarioConfig(clients=2, rounds=4, partition="iid", batch_size=32, seed=3, lr=0.1)
-
-
-@pytest.fixture(scope="module")
-def world():
-    return build_world(SMALL)
-
-
 @pytest.fixture(scope="module")
 def layout():
     torch.manual_seed(0)
@@ -41,8 +33,8 @@ def test_every_compression_is_registered():
     assert {"topk", "randk", "quantize", "sign"} <= set(DEFENSES.names())
 
 
-def test_global_topk_keeps_exactly_the_k_largest_magnitudes(world, layout):
-    defense, transform = transform_of("topk", {"ratio": 0.05, "scope": "global"}, world)
+def test_global_topk_keeps_exactly_the_k_largest_magnitudes(small_world, layout):
+    defense, transform = transform_of("topk", {"ratio": 0.05, "scope": "global"}, small_world)
     update = random_update(layout)
     sent = transform.transform(0, 0, update, layout)
     k = math.ceil(0.05 * layout.numel)
@@ -54,8 +46,8 @@ def test_global_topk_keeps_exactly_the_k_largest_magnitudes(world, layout):
     assert ratio == pytest.approx(32 * layout.numel / (k * 32 + index_bits(k, layout.numel)))
 
 
-def test_layer_topk_keeps_k_per_tensor(world, layout):
-    _, transform = transform_of("topk", {"ratio": 0.1, "scope": "layer"}, world)
+def test_layer_topk_keeps_k_per_tensor(small_world, layout):
+    _, transform = transform_of("topk", {"ratio": 0.1, "scope": "layer"}, small_world)
     update = random_update(layout, 1)
     sent = layout.unflatten(transform.transform(0, 0, update, layout))
     original = layout.unflatten(update)
@@ -66,8 +58,8 @@ def test_layer_topk_keeps_k_per_tensor(world, layout):
         assert torch.equal(part[part != 0].abs().sort().values, full.abs().topk(k).values.sort().values)
 
 
-def test_randk_keeps_k_rescaled_and_is_unbiased(world, layout):
-    _, transform = transform_of("randk", {"ratio": 0.2, "scope": "layer"}, world)
+def test_randk_keeps_k_rescaled_and_is_unbiased(small_world, layout):
+    _, transform = transform_of("randk", {"ratio": 0.2, "scope": "layer"}, small_world)
     update = random_update(layout, 2)
     draws = torch.stack([transform.transform(0, r, update, layout) for r in range(3000)])
     first = layout.unflatten(draws[0])
@@ -84,8 +76,8 @@ def test_randk_keeps_k_rescaled_and_is_unbiased(world, layout):
     assert not torch.equal(draws[0], draws[1])  # fresh indices every round
 
 
-def test_randk_without_rescale_keeps_values(world, layout):
-    _, transform = transform_of("randk", {"ratio": 0.3, "rescale": False, "scope": "global"}, world)
+def test_randk_without_rescale_keeps_values(small_world, layout):
+    _, transform = transform_of("randk", {"ratio": 0.3, "rescale": False, "scope": "global"}, small_world)
     update = random_update(layout, 3)
     sent = transform.transform(1, 0, update, layout)
     kept = sent != 0
@@ -103,9 +95,9 @@ def buckets(layout, vector, size):
 
 
 @pytest.mark.parametrize("bits, bucket_size", [(1, None), (3, None), (8, None), (3, 64)])
-def test_uniform_quantization_lands_on_the_grid_within_its_bound(world, layout, bits, bucket_size):
+def test_uniform_quantization_lands_on_the_grid_within_its_bound(small_world, layout, bits, bucket_size):
     defense, transform = transform_of(
-        "quantize", {"mode": "uniform", "bits": bits, "bucket_size": bucket_size}, world
+        "quantize", {"mode": "uniform", "bits": bits, "bucket_size": bucket_size}, small_world
     )
     update = random_update(layout, 4)
     sent = transform.transform(0, 0, update, layout)
@@ -125,9 +117,9 @@ def test_uniform_quantization_lands_on_the_grid_within_its_bound(world, layout, 
     assert figures["compression_ratio"] == pytest.approx(32 * layout.numel / expected_bits)
 
 
-def test_stochastic_quantization_is_qsgd_and_unbiased(world, layout):
+def test_stochastic_quantization_is_qsgd_and_unbiased(small_world, layout):
     defense, transform = transform_of(
-        "quantize", {"mode": "stochastic", "bits": 3, "bucket_size": 64}, world
+        "quantize", {"mode": "stochastic", "bits": 3, "bucket_size": 64}, small_world
     )
     update = random_update(layout, 5)
     levels = 2 ** (3 - 1) - 1
@@ -148,8 +140,8 @@ def test_stochastic_quantization_is_qsgd_and_unbiased(world, layout):
     assert figures["variance_bound"] == pytest.approx(min(64 / levels**2, 8 / levels))
 
 
-def test_sign_sends_sign_times_mean_magnitude(world, layout):
-    defense, transform = transform_of("sign", {"scope": "layer"}, world)
+def test_sign_sends_sign_times_mean_magnitude(small_world, layout):
+    defense, transform = transform_of("sign", {"scope": "layer"}, small_world)
     update = random_update(layout, 6)
     sent = layout.unflatten(transform.transform(0, 0, update, layout))
     for name, part in layout.unflatten(update).items():
@@ -168,12 +160,12 @@ def test_sign_sends_sign_times_mean_magnitude(world, layout):
         ("sign", {"scope": "global"}),
     ],
 )
-def test_error_feedback_loses_nothing(world, layout, name, table):
+def test_error_feedback_loses_nothing(small_world, layout, name, table):
     """sum of uploads + residual == sum of updates, per client, for any number of rounds.
 
     In float64, so that the check is of the bookkeeping, not of float32 rounding.
     """
-    defense, transform = transform_of(name, {**table, "error_feedback": True}, world)
+    defense, transform = transform_of(name, {**table, "error_feedback": True}, small_world)
     updates = {c: [random_update(layout, 10 * c + r).double() for r in range(6)] for c in (0, 1)}
     uploads = {0: [], 1: []}
     for r in range(6):
@@ -189,8 +181,8 @@ def test_error_feedback_loses_nothing(world, layout, name, table):
     assert defense.figures()["residual_norm_max"] > 0
 
 
-def test_without_error_feedback_nothing_is_carried(world, layout):
-    _, transform = transform_of("topk", {"ratio": 0.1}, world)
+def test_without_error_feedback_nothing_is_carried(small_world, layout):
+    _, transform = transform_of("topk", {"ratio": 0.1}, small_world)
     update = random_update(layout, 7)
     first = transform.transform(0, 0, update, layout)
     assert torch.equal(transform.transform(0, 1, update, layout), first)
@@ -213,14 +205,14 @@ def test_bad_parameters_are_named(name, table, match):
         DEFENSES.get(name).from_table(table)
 
 
-def test_compressed_fedavg_still_learns_digits(world):
+def test_compressed_fedavg_still_learns_digits(small_world):
     """Utility: top-k 10% with error feedback, and 4-bit QSGD, stay close to plain FedAvg."""
-    plain = FedAvgSimulation(world).run(progress=False).final_test_accuracy
+    plain = FedAvgSimulation(small_world).run(progress=False).final_test_accuracy
     topk = TopKCompression.from_table({"ratio": 0.1, "error_feedback": True})
     qsgd = QuantizeCompression.from_table({"mode": "stochastic", "bits": 4})
     accuracy = {}
     for defense in (topk, qsgd):
-        result = FedAvgSimulation(world, compose([defense], world)).run(progress=False)
+        result = FedAvgSimulation(small_world, compose([defense], small_world)).run(progress=False)
         accuracy[defense.name] = result.final_test_accuracy
     assert plain >= 0.9
     assert accuracy["topk"] >= plain - 0.1 and accuracy["quantize"] >= plain - 0.1, accuracy

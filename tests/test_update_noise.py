@@ -16,14 +16,6 @@ from scenarios.fedavg import FedAvgSimulation
 from scenarios.scenario import ScenarioConfig, build_world
 from scenarios.updates import ParamLayout
 
-SMALL = ScenarioConfig(clients=2, rounds=4, partition="iid", batch_size=32, seed=3, lr=0.1)
-
-
-@pytest.fixture(scope="module")
-def world():
-    return build_world(SMALL)
-
-
 @pytest.fixture(scope="module")
 def layout():
     return ParamLayout.of(nn.Sequential(nn.Linear(100, 200), nn.Linear(200, 10)))
@@ -35,8 +27,8 @@ def transform_of(table, world):
 
 
 @pytest.mark.parametrize("mechanism, cdf", [("gaussian", norm), ("laplace", laplace)])
-def test_noise_has_the_stated_distribution_and_is_seeded(world, layout, mechanism, cdf):
-    _, transform = transform_of({"mechanism": mechanism, "scale": 0.5}, world)
+def test_noise_has_the_stated_distribution_and_is_seeded(small_world, layout, mechanism, cdf):
+    _, transform = transform_of({"mechanism": mechanism, "scale": 0.5}, small_world)
     zero = torch.zeros(layout.numel)
     noise = transform.transform(0, 0, zero, layout)
     assert kstest(noise.double().numpy(), cdf(scale=0.5).cdf).pvalue > 1e-3
@@ -47,9 +39,9 @@ def test_noise_has_the_stated_distribution_and_is_seeded(world, layout, mechanis
 
 
 @pytest.mark.parametrize("mechanism, order", [("gaussian", 2), ("laplace", 1)])
-def test_uploads_are_clipped_in_the_mechanisms_norm(world, layout, mechanism, order):
+def test_uploads_are_clipped_in_the_mechanisms_norm(small_world, layout, mechanism, order):
     defense, transform = transform_of(
-        {"mechanism": mechanism, "scale": 1e-9, "clip_norm": 3.0}, world
+        {"mechanism": mechanism, "scale": 1e-9, "clip_norm": 3.0}, small_world
     )
     big = torch.randn(layout.numel, generator=torch.Generator().manual_seed(0)) * 10
     sent = transform.transform(0, 0, big, layout)
@@ -81,11 +73,11 @@ def test_gaussian_epsilon_agrees_with_opacus_accountants(noise_multiplier, relea
     assert ours <= bounds["rdp"]
 
 
-def test_epsilon_composes_over_the_rounds_each_client_joined(world, layout):
+def test_epsilon_composes_over_the_rounds_each_client_joined(small_world, layout):
     update = torch.ones(layout.numel)
     for mechanism in ("gaussian", "laplace"):
         defense, transform = transform_of(
-            {"mechanism": mechanism, "scale": 2.0, "clip_norm": 1.0}, world
+            {"mechanism": mechanism, "scale": 2.0, "clip_norm": 1.0}, small_world
         )
         for round_index in range(5):
             transform.transform(0, round_index, update, layout)
@@ -102,23 +94,23 @@ def test_epsilon_composes_over_the_rounds_each_client_joined(world, layout):
         assert figures["epsilon"] == figures["epsilon_client_0"]
 
 
-def test_without_clipping_no_epsilon_is_claimed(world, layout):
-    defense, transform = transform_of({"scale": 0.1}, world)
+def test_without_clipping_no_epsilon_is_claimed(small_world, layout):
+    defense, transform = transform_of({"scale": 0.1}, small_world)
     transform.transform(0, 0, torch.ones(layout.numel), layout)
     figures = defense.figures()
     assert "epsilon" not in figures
     assert figures["noise_to_signal"] == pytest.approx(0.1, rel=0.02)  # ||noise|| ~ 0.1 sqrt(n)
 
 
-def test_utility_mild_noise_keeps_accuracy_local_dp_noise_destroys_it(world):
+def test_utility_mild_noise_keeps_accuracy_local_dp_noise_destroys_it(small_world):
     """The comparison the defense exists for: DLG-style noise barely hurts, while noise that
     makes the 155k-entry upload epsilon-LDP (epsilon ~ 30 over 4 rounds) leaves chance level."""
-    plain = FedAvgSimulation(world).run(progress=False).final_test_accuracy
+    plain = FedAvgSimulation(small_world).run(progress=False).final_test_accuracy
     mild = UpdateNoise.from_table({"scale": 1e-3})
     ldp = UpdateNoise.from_table({"scale": 1.0, "clip_norm": 1.0})
     accuracy = {}
     for name, defense in (("mild", mild), ("ldp", ldp)):
-        result = FedAvgSimulation(world, compose([defense], world)).run(progress=False)
+        result = FedAvgSimulation(small_world, compose([defense], small_world)).run(progress=False)
         accuracy[name] = result.final_test_accuracy
     assert plain >= 0.9 and accuracy["mild"] >= plain - 0.05, (plain, accuracy)
     assert ldp.figures()["epsilon"] < 50

@@ -26,13 +26,14 @@ import torch
 from torch import nn
 
 from auditor.attacks import register_attack
-from auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput, ThreatModel
+from auditor.attacks.base import AttackerKnowledge, AttackOutput
 from auditor.attacks.feature_inversion import InversionSettings, invert_features
+from auditor.attacks.honest_server import HonestServerAttack
 from auditor.attacks.image_priors import spatial_differences
 from auditor.attacks.unmixing import UnmixingSettings, unmix, whiten
 from scenarios.config import bounded
 from scenarios.errors import FlauditError
-from scenarios.views import ClientUpload, ServerView
+from scenarios.views import ServerView
 
 PIXEL_MARGIN = 0.1  # a source scaled by its bias sum may overshoot [0, 1] by this before it is stretched
 
@@ -107,19 +108,6 @@ class FirstLinearInput:
             return torch.equal(self(probe), probe.flatten(1))
 
 
-def target_upload(view: ServerView, target: int | None) -> ClientUpload:
-    if view.uploads is None:
-        raise FlauditError("cpa needs the target client's own update; this round's server sees only the aggregate")
-    client = view.participants[0] if target is None else target
-    for upload in view.uploads:
-        if upload.client_id == client:
-            return upload
-    raise FlauditError(
-        f"cpa: attack.cpa.target_client={client} uploaded nothing in round {view.round_index} "
-        f"(participants: {list(view.participants)})"
-    )
-
-
 def rescale(sources: torch.Tensor, unmixing_rows: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """Each source divided by its coefficient sum (the unmixing rows applied to the bias
     update): the sign and scale ICA cannot see."""
@@ -154,15 +142,13 @@ def to_unit_range(images: torch.Tensor) -> torch.Tensor:
 @register_attack(
     "cpa", "Cocktail Party Attack: ICA of one client's first-FC-layer update (+ feature inversion for CNNs)"
 )
-class CocktailPartyAttack(Attack):
-    threat_model = ThreatModel.HONEST_SERVER
+class CocktailPartyAttack(HonestServerAttack):
     Params = CpaParams
-    needs_individual_updates = True
     profiles = {"full": {"iterations": 25000, "lr": 0.001, "inversion_iterations": 25000, "inversion_lr": 0.001}}
 
     def reconstruct(self, view: ServerView, knowledge: AttackerKnowledge) -> AttackOutput:
         params = self.params
-        upload = target_upload(view, params.target_client)
+        upload = self.target(view)
         model = copy.deepcopy(view.model).requires_grad_(False)
         layer = FirstLinearInput(model)
         device = next(model.parameters()).device

@@ -16,13 +16,13 @@ rounds and defenses of one audit share one training.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from auditor.attacks.trained_models import trained_once
 from scenarios.datasets import ImageDataset
 
 ImageShape = tuple[int, int, int]
@@ -134,24 +134,9 @@ def train_decoder(data: ImageDataset, spec: DecoderSpec, device: torch.device) -
     return decoder.eval().requires_grad_(False)
 
 
-_DECODERS: dict[tuple, ConditionalDecoder] = {}
-
-
-def data_digest(data: ImageDataset) -> str:
-    """A fingerprint of a dataset's images and labels (the cache key's data part)."""
-    h = hashlib.sha256()
-    for tensor in (data.images, data.labels):
-        h.update(str((tensor.dtype, tuple(tensor.shape))).encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def trained_decoder(data: ImageDataset, spec: DecoderSpec, device: torch.device) -> ConditionalDecoder:
     """``train_decoder``, once per (data, spec, device) in this process."""
-    key = (data_digest(data), spec, str(device))
-    if key not in _DECODERS:
-        _DECODERS[key] = train_decoder(data, spec, device)
-    return _DECODERS[key]
+    return trained_once(train_decoder, data, spec, device)
 
 
 def untrained_decoder(

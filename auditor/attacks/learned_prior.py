@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from auditor.attacks.generators import data_digest
+from auditor.attacks.trained_models import trained_once
 from scenarios.datasets import ImageDataset
 
 
@@ -77,15 +77,9 @@ def train_autoencoder(data: ImageDataset, spec: AutoencoderSpec, device: torch.d
     return model.eval().requires_grad_(False)
 
 
-_AUTOENCODERS: dict[tuple, DenoisingAutoencoder] = {}
-
-
 def trained_autoencoder(data: ImageDataset, spec: AutoencoderSpec, device: torch.device) -> DenoisingAutoencoder:
     """``train_autoencoder``, once per (data, spec, device) in this process."""
-    key = (data_digest(data), spec, str(device))
-    if key not in _AUTOENCODERS:
-        _AUTOENCODERS[key] = train_autoencoder(data, spec, device)
-    return _AUTOENCODERS[key]
+    return trained_once(train_autoencoder, data, spec, device)
 
 
 def reconstruction_error(autoencoder: DenoisingAutoencoder, images: Tensor) -> Tensor:
