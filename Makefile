@@ -29,4 +29,4 @@ $(STAMP): $(BIN)/python $(BUILD_INPUTS)
 	touch $@
 
 clean:
-	rm -rf build *.egg-info flaudit_C*.so
+	rm -rf build *.egg-info flaudit/_C*.so

@@ -1,4 +1,4 @@
-"""Builds flaudit and its one extension, ``flaudit_C``, from csrc/.
+"""Builds flaudit and its one extension, ``flaudit._C``, from csrc/.
 
 CPU kernels always; CUDA kernels (``csrc/*.cu``) when nvcc is found at ``$CUDA_HOME`` (default
 /usr/local/cuda) unless ``FLAUDIT_CUDA=0``; ``FLAUDIT_CUDA=1`` requires them.
@@ -22,6 +22,8 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtensio
 
 ROOT = Path(__file__).parent
 CSRC = ROOT / "csrc"
+# The repository's top folders, installed as subpackages of the one ``flaudit`` package.
+ROOMS = ("auditor", "defenses", "scenarios")
 
 
 class BuildExt(BuildExtension):
@@ -65,13 +67,13 @@ def extension():
         arch = os.environ.get("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         os.environ["TORCH_CUDA_ARCH_LIST"] = arch
         return CUDAExtension(
-            "flaudit_C",
+            "flaudit._C",
             cpp + cu,
             define_macros=[("FLAUDIT_WITH_CUDA", "1")],
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math", "-std=c++20"]},
             extra_link_args=["-fopenmp"],
         )
-    return CppExtension("flaudit_C", cpp, extra_compile_args=cxx, extra_link_args=["-fopenmp"])
+    return CppExtension("flaudit._C", cpp, extra_compile_args=cxx, extra_link_args=["-fopenmp"])
 
 
 setup(
@@ -79,8 +81,9 @@ setup(
     version="0.1.0",
     description="Privacy defense audits for federated learning: attacks x defenses -> scorecard",
     python_requires=">=3.11",
-    packages=find_packages(include=["auditor*", "defenses*", "scenarios*"]),
-    package_data={"auditor": ["schemas/*.json", "default_audit.toml"]},
+    packages=["flaudit"] + [f"flaudit.{name}" for name in find_packages(include=[f"{room}*" for room in ROOMS])],
+    package_dir={"flaudit": "flaudit", **{f"flaudit.{room}": room for room in ROOMS}},
+    package_data={"flaudit.auditor": ["schemas/*.json", "default_audit.toml"]},
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExt.with_options(use_ninja=True)},
     install_requires=[
@@ -92,5 +95,5 @@ setup(
         "scikit-image",
         "tqdm",
     ],
-    entry_points={"console_scripts": ["flaudit=auditor.cli:main"]},
+    entry_points={"console_scripts": ["flaudit=flaudit.auditor.cli:main"]},
 )

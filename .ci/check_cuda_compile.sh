@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Compiles every csrc/*.cu with nvcc (-c only, objects in a temp dir) with the flags
-# torch's BuildExtension would use for the flaudit_C extension, so CUDA kernels are known to
+# torch's BuildExtension would use for the flaudit._C extension, so CUDA kernels are known to
 # build on machines without a GPU. Prints one line per file; exits non-zero on any failure.
 #
 #   PYTHON       the interpreter whose torch provides the headers (default .venv/bin/python)
@@ -46,7 +46,7 @@ def include_paths():
 # torch read $CUDA_HOME (exported above) at import, so its CUDA include dir is the toolkit's.
 inc = include_paths() + [os.path.join(os.environ["CUDA_HOME"], "include"), sysconfig.get_paths()["include"]]
 flags = [f"-I{p}" for p in dict.fromkeys(inc)]
-flags += ["-DFLAUDIT_WITH_CUDA=1", "-DTORCH_API_INCLUDE_EXTENSION_H", "-DTORCH_EXTENSION_NAME=flaudit_C"]
+flags += ["-DFLAUDIT_WITH_CUDA=1", "-DTORCH_API_INCLUDE_EXTENSION_H", "-DTORCH_EXTENSION_NAME=_C"]
 abi = getattr(torch._C, "_GLIBCXX_USE_CXX11_ABI", None)
 if abi is not None:
     flags.append(f"-D_GLIBCXX_USE_CXX11_ABI={int(abi)}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from scenarios.registry import Registry
+from flaudit.scenarios.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -18,8 +18,8 @@ class Catalog:
 
 
 def registered() -> Catalog:
-    import defenses  # noqa: F401  (fills DEFENSES)
-    from auditor.attacks import ATTACKS
-    from defenses.registry import DEFENSES
+    import flaudit.defenses  # noqa: F401  (fills DEFENSES)
+    from flaudit.auditor.attacks import ATTACKS
+    from flaudit.defenses.registry import DEFENSES
 
     return Catalog(ATTACKS, DEFENSES)

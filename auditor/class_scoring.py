@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from auditor.metrics import PSNR_CEILING, Matching, psnr, ssim
-from scenarios.datasets import ImageDataset
+from flaudit.auditor.metrics import PSNR_CEILING, Matching, psnr, ssim
+from flaudit.scenarios.datasets import ImageDataset
 
 
 def class_means(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

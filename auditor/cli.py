@@ -13,16 +13,16 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from scenarios.errors import FlauditError
+from flaudit.scenarios.errors import FlauditError
 
 
 def _registries() -> dict[str, object]:
-    from auditor.attacks import ATTACKS
-    from defenses.registry import DEFENSES
-    from scenarios.datasets import DATASETS
-    from scenarios.kinds import SCENARIO_KINDS
-    from scenarios.models import MODELS
-    from scenarios.partition import PARTITIONS
+    from flaudit.auditor.attacks import ATTACKS
+    from flaudit.defenses.registry import DEFENSES
+    from flaudit.scenarios.datasets import DATASETS
+    from flaudit.scenarios.kinds import SCENARIO_KINDS
+    from flaudit.scenarios.models import MODELS
+    from flaudit.scenarios.partition import PARTITIONS
 
     return {
         "scenario kinds": SCENARIO_KINDS, "datasets": DATASETS, "partitions": PARTITIONS, "models": MODELS,
@@ -48,9 +48,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from auditor.config import load_scenario
-    from scenarios.fedavg import FedAvgSimulation
-    from scenarios.scenario import build_world
+    from flaudit.auditor.config import load_scenario
+    from flaudit.scenarios.fedavg import FedAvgSimulation
+    from flaudit.scenarios.scenario import build_world
 
     overrides = list(args.set)
     if args.data_root is not None:
@@ -79,10 +79,10 @@ def _scenario_json(config) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from auditor.config import load_audit
-    from auditor.outputs import REPORT, SUMMARY
-    from auditor.runner import RunOptions, run_audit
-    from auditor.scorecard import SCORECARD
+    from flaudit.auditor.config import load_audit
+    from flaudit.auditor.outputs import REPORT, SUMMARY
+    from flaudit.auditor.runner import RunOptions, run_audit
+    from flaudit.auditor.scorecard import SCORECARD
 
     config = load_audit(args.config, args.profile)
     options = RunOptions(args.out, args.executor, args.address, args.workers, args.resume, not args.no_progress)
@@ -102,8 +102,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
-    from auditor import gate, scorecard
-    from auditor.config import load_gate
+    from flaudit.auditor import gate, scorecard
+    from flaudit.auditor.config import load_gate
 
     baseline, candidate = scorecard.load(args.baseline), scorecard.load(args.candidate)
     tolerances = load_gate(args.config) if args.config else gate.tolerances_of(baseline)
@@ -123,8 +123,8 @@ def cmd_gate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from auditor import scorecard
-    from auditor.outputs import REPORT, SUMMARY, write_reports
+    from flaudit.auditor import scorecard
+    from flaudit.auditor.outputs import REPORT, SUMMARY, write_reports
 
     document = scorecard.load(args.dir)
     folder = scorecard.scorecard_path(args.dir).parent

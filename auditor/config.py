@@ -19,9 +19,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from scenarios.config import bounded, from_mapping, read_toml
-from scenarios.errors import ConfigError
-from scenarios.scenario import ScenarioConfig
+from flaudit.scenarios.config import bounded, from_mapping, read_toml
+from flaudit.scenarios.errors import ConfigError
+from flaudit.scenarios.scenario import ScenarioConfig
 
 KNOWN_TABLES = ("scenario",)
 AUDIT_TABLES = ("audit", "scenario", "defense", "attack", "gate", "profile")
@@ -343,7 +343,7 @@ def audit_from_document(document: Mapping[str, Any], source: str, profile: str |
 
 def default_audit_text() -> str:
     """The embedded default audit (``auditor/default_audit.toml``)."""
-    return resources.files("auditor").joinpath(DEFAULT_AUDIT).read_text()
+    return resources.files("flaudit.auditor").joinpath(DEFAULT_AUDIT).read_text()
 
 
 def load_audit(path: Path | None, profile: str | None = None) -> AuditConfig:

@@ -16,9 +16,9 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Protocol
 
-from auditor.jobs import Unit, error_result, execute
-from scenarios.errors import ConfigError, FlauditError
-from scenarios.registry import Registry
+from flaudit.auditor.jobs import Unit, error_result, execute
+from flaudit.scenarios.errors import ConfigError, FlauditError
+from flaudit.scenarios.registry import Registry
 
 Outcome = tuple[Unit, list[dict]]
 

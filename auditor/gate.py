@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from auditor.config import GateTolerances
-from auditor.scorecard import ScorecardError
-from auditor.store import atomic_write
-from scenarios.config import from_mapping
+from flaudit.auditor.config import GateTolerances
+from flaudit.auditor.scorecard import ScorecardError
+from flaudit.auditor.store import atomic_write
+from flaudit.scenarios.config import from_mapping
 
 LISTED = 5  # cell ids named when the matrices differ
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from auditor.metrics import Matching
+from flaudit.auditor.metrics import Matching
 
 MIN_TILE = 64  # pixels; smaller images are enlarged by an integer factor
 GAP = 2

@@ -27,15 +27,15 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from auditor.attacks.base import Attack, AttackerKnowledge
-from auditor.grids import best_pairs, grid_png
-from auditor.jsonable import digest, to_json
-from auditor.scoring import score_output
-from auditor.threat_views import view_source
-from defenses.base import compose
-from scenarios.fedavg import RoundRecord
-from scenarios.kinds import scenario_kind
-from scenarios.scenario import FLWorld, ScenarioConfig, derive_seed
+from flaudit.auditor.attacks.base import Attack, AttackerKnowledge
+from flaudit.auditor.grids import best_pairs, grid_png
+from flaudit.auditor.jsonable import digest, to_json
+from flaudit.auditor.scoring import score_output
+from flaudit.auditor.threat_views import view_source
+from flaudit.defenses.base import compose
+from flaudit.scenarios.fedavg import RoundRecord
+from flaudit.scenarios.kinds import scenario_kind
+from flaudit.scenarios.scenario import FLWorld, ScenarioConfig, derive_seed
 
 TRACEBACK_CHARS = 2000
 SEED_STREAM = 7  # derive_seed(scenario seed, SEED_STREAM, step) seeds the global RNGs

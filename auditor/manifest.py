@@ -73,7 +73,7 @@ def device_info() -> dict[str, Any]:
 
 
 def extension_info() -> dict[str, bool]:
-    from scenarios.native import extension_available, has_cuda_kernels
+    from flaudit.scenarios.native import extension_available, has_cuda_kernels
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # recorded here instead of warned

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
-from scenarios.errors import ConfigError, FlauditError
+from flaudit.scenarios.errors import ConfigError, FlauditError
 
 PSNR_CEILING = 100.0
 """dB. Exact copies have infinite PSNR; aggregates (means, medians) and the PSNR assignment

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from auditor import report, summary
-from auditor.scorecard import SCORECARD
-from auditor.store import atomic_write
+from flaudit.auditor import report, summary
+from flaudit.auditor.scorecard import SCORECARD
+from flaudit.auditor.store import atomic_write
 
 REPORT = "report.html"
 SUMMARY = "summary.md"

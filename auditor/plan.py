@@ -13,15 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from auditor.attacks.base import ThreatModel
-from auditor.catalog import Catalog
-from auditor.config import WILDCARD, AttackSpec, AuditConfig, ComponentSpec, DefenseSpec, ScenarioSpec
-from auditor.jobs import AttackJob, Component, UtilityJob
-from auditor.threat_views import kind_mismatch, view_source
-from defenses.base import compose
-from scenarios.errors import ConfigError, FlauditError, UnknownNameError
-from scenarios.registry import Registry
-from scenarios.kinds import scenario_kind
+from flaudit.auditor.attacks.base import ThreatModel
+from flaudit.auditor.catalog import Catalog
+from flaudit.auditor.config import WILDCARD, AttackSpec, AuditConfig, ComponentSpec, DefenseSpec, ScenarioSpec
+from flaudit.auditor.jobs import AttackJob, Component, UtilityJob
+from flaudit.auditor.threat_views import kind_mismatch, view_source
+from flaudit.defenses.base import compose
+from flaudit.scenarios.errors import ConfigError, FlauditError, UnknownNameError
+from flaudit.scenarios.registry import Registry
+from flaudit.scenarios.kinds import scenario_kind
 
 @dataclass(frozen=True)
 class DefenseColumn:

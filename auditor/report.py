@@ -10,9 +10,9 @@ from html import escape
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from auditor import risk
-from auditor.plots import privacy_utility_png
-from auditor.scorecard import worst_cells
+from flaudit.auditor import risk
+from flaudit.auditor.plots import privacy_utility_png
+from flaudit.auditor.scorecard import worst_cells
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;max-width:1400px;color:#1d1d1d;padding:0 1rem}

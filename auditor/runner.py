@@ -10,16 +10,16 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from auditor import catalog as catalogs
-from auditor.catalog import Catalog
-from auditor.config import AuditConfig
-from auditor.executors import ExecutorOptions, check_executor, make_executor
-from auditor.jobs import plan_units
-from auditor.manifest import manifest, now
-from auditor.outputs import write_all
-from auditor.plan import AuditPlan, build_plan
-from auditor.scorecard import build
-from auditor.store import ResultStore
+from flaudit.auditor import catalog as catalogs
+from flaudit.auditor.catalog import Catalog
+from flaudit.auditor.config import AuditConfig
+from flaudit.auditor.executors import ExecutorOptions, check_executor, make_executor
+from flaudit.auditor.jobs import plan_units
+from flaudit.auditor.manifest import manifest, now
+from flaudit.auditor.outputs import write_all
+from flaudit.auditor.plan import AuditPlan, build_plan
+from flaudit.auditor.scorecard import build
+from flaudit.auditor.store import ResultStore
 
 
 @dataclass(frozen=True)

@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import jsonschema
 
-from auditor import risk
-from auditor.config import BASELINE
-from auditor.jsonable import to_json
-from auditor.stats import interval
-from scenarios.errors import FlauditError
+from flaudit.auditor import risk
+from flaudit.auditor.config import BASELINE
+from flaudit.auditor.jsonable import to_json
+from flaudit.auditor.stats import interval
+from flaudit.scenarios.errors import FlauditError
 
 if TYPE_CHECKING:  # building needs the plan; reading and validating must stay light
-    from auditor.plan import AuditPlan, Cell
+    from flaudit.auditor.plan import AuditPlan, Cell
 
 SCHEMA_ID = "flaudit.scorecard/1"
 SCHEMA_FILE = "scorecard.schema.json"
@@ -47,7 +47,7 @@ class ScorecardError(FlauditError):
 
 @lru_cache(maxsize=1)
 def schema() -> dict[str, Any]:
-    return json.loads(resources.files("auditor").joinpath("schemas", SCHEMA_FILE).read_text())
+    return json.loads(resources.files("flaudit.auditor").joinpath("schemas", SCHEMA_FILE).read_text())
 
 
 def validate(document: Any, where: str = "scorecard") -> None:

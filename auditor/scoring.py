@@ -16,14 +16,14 @@ from typing import Any
 
 import torch
 
-from auditor.attacks.base import AttackOutput
-from auditor.class_scoring import score_representatives
-from auditor.metrics import Matching, label_count_accuracy, match_reconstructions, summarize
-from scenarios.datasets import ImageDataset
-from scenarios.errors import FlauditError
-from scenarios.logit_sharing.world import LogitWorld
-from scenarios.scenario import FLWorld
-from scenarios.views import ClientTrace
+from flaudit.auditor.attacks.base import AttackOutput
+from flaudit.auditor.class_scoring import score_representatives
+from flaudit.auditor.metrics import Matching, label_count_accuracy, match_reconstructions, summarize
+from flaudit.scenarios.datasets import ImageDataset
+from flaudit.scenarios.errors import FlauditError
+from flaudit.scenarios.logit_sharing.world import LogitWorld
+from flaudit.scenarios.scenario import FLWorld
+from flaudit.scenarios.views import ClientTrace
 
 
 class AttackOutputError(FlauditError):

@@ -16,8 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from auditor.jobs import Job
-from auditor.jsonable import to_json
+from flaudit.auditor.jobs import Job
+from flaudit.auditor.jsonable import to_json
 
 CELLS = "cells"
 ARTIFACTS = "artifacts"

@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from auditor.attacks.base import ThreatModel
-from scenarios.errors import FlauditError
-from scenarios.fedavg import RoundRecord
-from scenarios.kinds import scenario_kind
-from scenarios.views import LogitView, PeerView, ServerView
+from flaudit.auditor.attacks.base import ThreatModel
+from flaudit.scenarios.errors import FlauditError
+from flaudit.scenarios.fedavg import RoundRecord
+from flaudit.scenarios.kinds import scenario_kind
+from flaudit.scenarios.views import LogitView, PeerView, ServerView
 
 
 class ViewSource(Protocol):

@@ -15,7 +15,7 @@ import importlib
 import pytest
 import torch
 
-from auditor.ops import bin_solve_reference
+from flaudit.auditor.ops import bin_solve_reference
 
 SIZES = [(8, 1024, 3072), (1, 4096, 12288)]  # 96 MiB and 192 MiB of gW
 EPS = 1e-8
@@ -24,7 +24,7 @@ ROUNDS = {"cpu": 15, "cuda": 50}
 
 def _extension():
     try:
-        return importlib.import_module("flaudit_C")
+        return importlib.import_module("flaudit._C")
     except ImportError:
         return None
 
@@ -82,7 +82,7 @@ def _run(benchmark, device, size, label, role, fn, gW, gb):
 @pytest.mark.parametrize("label,role,fn", CASES, ids=[c[0] for c in CASES])
 def test_bin_solve_cpu(benchmark, cpu_inputs, label, role, fn):
     if label == "op" and _extension() is None:
-        pytest.skip("flaudit_C not built")
+        pytest.skip("flaudit._C not built")
     size, gW, gb = cpu_inputs
     _run(benchmark, "cpu", size, label, role, fn, gW, gb)
 
@@ -91,6 +91,6 @@ def test_bin_solve_cpu(benchmark, cpu_inputs, label, role, fn):
 @pytest.mark.parametrize("label,role,fn", CASES, ids=[c[0] for c in CASES])
 def test_bin_solve_cuda(benchmark, cuda_inputs, label, role, fn):
     if label == "op" and not (_extension() and _extension().cuda_built()):
-        pytest.skip("flaudit_C built without its CUDA kernels")
+        pytest.skip("flaudit._C built without its CUDA kernels")
     size, gW, gb = cuda_inputs
     _run(benchmark, "cuda", size, label, role, fn, gW, gb)

@@ -18,8 +18,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from auditor.ops.imprint import imprint_forward
-from scenarios import native
+from flaudit.auditor.ops.imprint import imprint_forward
+from flaudit.scenarios import native
 
 SIZES = [(64, 3 * 32 * 32, 1024), (64, 3 * 64 * 64, 4096)]  # (B, D, K)
 ROUNDS = {"cpu": 10, "cuda": 50}
@@ -101,7 +101,7 @@ def _run(benchmark, device, size, case, t):
     label, role, workload, act = case
     if label == "imprint":
         if not (native.extension_available() and (device == "cpu" or native.has_cuda_kernels())):
-            pytest.skip("flaudit_C not built for this device")
+            pytest.skip("flaudit._C not built for this device")
         step = _imprint(t, act, train_rows=workload == "client step")
     else:
         step = _dense(t, act)

@@ -17,12 +17,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from auditor.attacks.inverting_gradients import update_objective
-from auditor.attacks.image_priors import total_variation
-from auditor.attacks.local_update import gradient_distance, parameter_mask, simulate_update
-from scenarios.models import build_model
-from scenarios.updates import ParamLayout
-from scenarios.views import TrainingSpec
+from flaudit.auditor.attacks.inverting_gradients import update_objective
+from flaudit.auditor.attacks.image_priors import total_variation
+from flaudit.auditor.attacks.local_update import gradient_distance, parameter_mask, simulate_update
+from flaudit.scenarios.models import build_model
+from flaudit.scenarios.updates import ParamLayout
+from flaudit.scenarios.views import TrainingSpec
 
 SHAPE = (3, 32, 32)
 BATCH = 4

@@ -15,15 +15,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-import auditor.attacks.imprint as imprint_module
-from auditor.attacks.base import AttackerKnowledge
-from auditor.attacks.rtf import RobbingTheFed
-from auditor.attacks.scale_mia import ScaleMia, ScaleMiaParams
-from auditor.ops.bin_solve import bin_solve_reference
-from scenarios import native
-from scenarios.fedavg import FedAvgSimulation
-from scenarios.hooks import FLHooks
-from scenarios.scenario import ScenarioConfig, build_world
+import flaudit.auditor.attacks.imprint as imprint_module
+from flaudit.auditor.attacks.base import AttackerKnowledge
+from flaudit.auditor.attacks.rtf import RobbingTheFed
+from flaudit.auditor.attacks.scale_mia import ScaleMia, ScaleMiaParams
+from flaudit.auditor.ops.bin_solve import bin_solve_reference
+from flaudit.scenarios import native
+from flaudit.scenarios.fedavg import FedAvgSimulation
+from flaudit.scenarios.hooks import FLHooks
+from flaudit.scenarios.scenario import ScenarioConfig, build_world
 
 IMAGES = 512
 CLIENTS = 4
@@ -52,7 +52,7 @@ def attacked_round(request):
 def test_phase_two(benchmark, attacked_round, solver, monkeypatch):
     name, attack, view, knowledge = attacked_round
     if solver == "kernel" and not native.extension_available():
-        pytest.skip("flaudit_C not built")
+        pytest.skip("flaudit._C not built")
     if solver == "reference":
         monkeypatch.setattr(imprint_module, "bin_solve", bin_solve_reference)
     benchmark.group = f"{name} phase 2, {IMAGES} images, {knowledge.device.type}"

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from defenses.secagg import FixedPoint, chacha20, chacha20_reference, mask_update, secagg_mask_reference
-from defenses.secagg.masking import seeds_tensor
-from scenarios import native
+from flaudit.defenses.secagg import FixedPoint, chacha20, chacha20_reference, mask_update, secagg_mask_reference
+from flaudit.defenses.secagg.masking import seeds_tensor
+from flaudit.scenarios import native
 
 N_VALUES = 11_200_000  # ResNet-18
 N_MASKS = 9  # 8 neighbours (SecAgg+ with k = 8) and the self-mask
@@ -79,7 +79,7 @@ CPU_CASES = [("kernel", "candidate", kernel), ("flower_numpy", "reference", flow
 @pytest.mark.parametrize("label,role,fn", CPU_CASES, ids=[c[0] for c in CPU_CASES])
 def test_secagg_mask_cpu(benchmark, client, label, role, fn):
     if label == "kernel" and not native.extension_available():
-        pytest.skip("flaudit_C not built")
+        pytest.skip("flaudit._C not built")
     _run(benchmark, "cpu", label, role, fn, client)
 
 
@@ -93,7 +93,7 @@ CUDA_CASES = [("kernel", "candidate", kernel), ("clone", "floor", _clone)]
 @pytest.mark.parametrize("label,role,fn", CUDA_CASES, ids=[c[0] for c in CUDA_CASES])
 def test_secagg_mask_cuda(benchmark, client, label, role, fn):
     if not (torch.cuda.is_available() and native.has_cuda_kernels()):
-        pytest.skip("needs a CUDA device and flaudit_C built with its CUDA kernels")
+        pytest.skip("needs a CUDA device and flaudit._C built with its CUDA kernels")
     update, seeds, signs = client
     _run(benchmark, "cuda", label, role, fn, (update.cuda(), seeds, signs))
 
@@ -113,7 +113,7 @@ STREAM_CASES = [("chacha20_op", "candidate", chacha20), ("openssl", "reference",
 def test_chacha20_keystream_cpu(benchmark, label, role, fn):
     """The raw keystream alone: the op (all cores) against OpenSSL's ChaCha20 (one core)."""
     if label == "chacha20_op" and not native.extension_available():
-        pytest.skip("flaudit_C not built")
+        pytest.skip("flaudit._C not built")
     benchmark.group = f"chacha20 keystream cpu words={STREAM_WORDS}"
     benchmark.extra_info.update(role=role, label=label)
     benchmark.pedantic(_stream(fn), rounds=ROUNDS["cpu"], warmup_rounds=1, iterations=1)

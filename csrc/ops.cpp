@@ -1,5 +1,5 @@
-// The flaudit_C extension module: the schemas of every torch.ops.flaudit.* op, and a tiny
-// pybind module so that `import flaudit_C` loads (and thereby registers) the kernels.
+// The flaudit._C extension module: the schemas of every torch.ops.flaudit.* op, and a tiny
+// pybind module so that `import flaudit._C` loads (and thereby registers) the kernels.
 //
 // Kernels register per device in their own files (TORCH_LIBRARY_IMPL(flaudit, CPU|CUDA, m));
 // the schemas live here, in the one TORCH_LIBRARY block a library may have.

@@ -13,10 +13,10 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 from torch import nn
 
-from scenarios.config import from_mapping
-from scenarios.errors import ConfigError
-from scenarios.hooks import Aggregator, FLHooks, TrainingWrapper, UpdateTransform
-from scenarios.scenario import FLWorld
+from flaudit.scenarios.config import from_mapping
+from flaudit.scenarios.errors import ConfigError
+from flaudit.scenarios.hooks import Aggregator, FLHooks, TrainingWrapper, UpdateTransform
+from flaudit.scenarios.scenario import FLWorld
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,12 @@ from typing import Literal
 
 import torch
 
-from defenses.base import Defense
-from defenses.registry import register_defense
-from scenarios.config import bounded
-from scenarios.errors import ConfigError
-from scenarios.scenario import FLWorld, derive_seed
-from scenarios.updates import ParamLayout
+from flaudit.defenses.base import Defense
+from flaudit.defenses.registry import register_defense
+from flaudit.scenarios.config import bounded
+from flaudit.scenarios.errors import ConfigError
+from flaudit.scenarios.scenario import FLWorld, derive_seed
+from flaudit.scenarios.updates import ParamLayout
 
 COMPRESSION_SEED_STREAM = 503  # derive_seed stream of random-k and stochastic rounding
 FLOAT_BITS = 32

@@ -23,11 +23,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from defenses.base import Defense
-from defenses.registry import register_defense
-from scenarios.config import bounded
-from scenarios.errors import ConfigError
-from scenarios.scenario import FLWorld, derive_seed
+from flaudit.defenses.base import Defense
+from flaudit.defenses.registry import register_defense
+from flaudit.scenarios.config import bounded
+from flaudit.scenarios.errors import ConfigError
+from flaudit.scenarios.scenario import FLWorld, derive_seed
 
 # Opacus is imported where it is used: importing it costs most of a second, and every
 # `import defenses` (the CLI listing its registries, too) would pay it.

@@ -18,11 +18,11 @@ import torch
 from scipy.optimize import brentq
 from scipy.special import log_ndtr, ndtr
 
-from defenses.base import Defense
-from defenses.registry import register_defense
-from scenarios.config import bounded
-from scenarios.scenario import FLWorld, derive_seed
-from scenarios.updates import ParamLayout
+from flaudit.defenses.base import Defense
+from flaudit.defenses.registry import register_defense
+from flaudit.scenarios.config import bounded
+from flaudit.scenarios.scenario import FLWorld, derive_seed
+from flaudit.scenarios.updates import ParamLayout
 
 NOISE_SEED_STREAM = 502  # derive_seed stream of the update noise
 

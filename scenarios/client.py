@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from scenarios.hooks import TrainingWrapper
-from scenarios.views import ClientTrace, TrainingSpec
+from flaudit.scenarios.hooks import TrainingWrapper
+from flaudit.scenarios.views import ClientTrace, TrainingSpec
 
 
 def make_loader(

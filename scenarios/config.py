@@ -15,7 +15,7 @@ import typing
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
-from scenarios.errors import ConfigError
+from flaudit.scenarios.errors import ConfigError
 
 C = TypeVar("C")
 

@@ -17,12 +17,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from scenarios.client import accuracy, make_loader, train_client
-from scenarios.datasets import ImageDataset
-from scenarios.hooks import FLHooks
-from scenarios.scenario import FLWorld, derive_seed
-from scenarios.updates import ParamLayout
-from scenarios.views import ClientTrace, ClientUpload, PeerView, ServerView
+from flaudit.scenarios.client import accuracy, make_loader, train_client
+from flaudit.scenarios.datasets import ImageDataset
+from flaudit.scenarios.hooks import FLHooks
+from flaudit.scenarios.scenario import FLWorld, derive_seed
+from flaudit.scenarios.updates import ParamLayout
+from flaudit.scenarios.views import ClientTrace, ClientUpload, PeerView, ServerView
 
 
 @dataclass(frozen=True)

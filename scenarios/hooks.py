@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from scenarios.updates import ParamLayout
-from scenarios.views import ClientTrace, ClientUpload, TrainingSpec
+from flaudit.scenarios.updates import ParamLayout
+from flaudit.scenarios.views import ClientTrace, ClientUpload, TrainingSpec
 
 
 class TrainingWrapper(Protocol):

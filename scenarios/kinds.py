@@ -11,15 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-from scenarios.errors import ConfigError
-from scenarios.fedavg import FedAvgSimulation
-from scenarios.hooks import FLHooks
-from scenarios.registry import Registry
-from scenarios.scenario import FLWorld, ScenarioConfig, build_world
-from scenarios.views import LogitView, PeerView, ServerView
+from flaudit.scenarios.errors import ConfigError
+from flaudit.scenarios.fedavg import FedAvgSimulation
+from flaudit.scenarios.hooks import FLHooks
+from flaudit.scenarios.registry import Registry
+from flaudit.scenarios.scenario import FLWorld, ScenarioConfig, build_world
+from flaudit.scenarios.views import LogitView, PeerView, ServerView
 
 if TYPE_CHECKING:  # the logit kinds import this module to register themselves
-    from scenarios.logit_sharing.base import LogitSharingSimulation
+    from flaudit.scenarios.logit_sharing.base import LogitSharingSimulation
 
 
 class Simulation(Protocol):
@@ -69,4 +69,4 @@ def register_logit_kind(name: str, summary: str, build: Callable[[ScenarioConfig
 
 
 # Logit-sharing kinds (each import registers its kind):
-from scenarios.logit_sharing import dsfl, fedgems, fedmd  # noqa: E402,F401
+from flaudit.scenarios.logit_sharing import dsfl, fedgems, fedmd  # noqa: E402,F401

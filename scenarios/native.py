@@ -1,6 +1,6 @@
 """Loads the compiled ``torch.ops.flaudit`` kernels once; wrappers fall back to torch references.
 
-The extension (``flaudit_C``, built by setup.py from csrc/) registers its ops with
+The extension (``flaudit._C``, built by setup.py from csrc/) registers its ops with
 ``TORCH_LIBRARY(flaudit, ...)``; importing it is all it takes for ``torch.ops.flaudit.<name>``
 to dispatch by device. Without it, every op wrapper uses its pure-torch reference and one
 warning says so.
@@ -17,7 +17,7 @@ import warnings
 def extension_available() -> bool:
     """True when the compiled kernels are loaded; warns once (per process) when they are not."""
     try:
-        importlib.import_module("flaudit_C")
+        importlib.import_module("flaudit._C")
     except ImportError as exc:
         warnings.warn(
             f"flaudit's compiled kernels are not built ({exc}); using the slower pure-torch "
@@ -33,4 +33,4 @@ def has_cuda_kernels() -> bool:
     """True when the extension was compiled with its CUDA kernels."""
     if not extension_available():
         return False
-    return bool(importlib.import_module("flaudit_C").cuda_built())
+    return bool(importlib.import_module("flaudit._C").cuda_built())

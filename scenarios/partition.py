@@ -13,8 +13,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from scenarios.errors import ConfigError
-from scenarios.registry import Registry, check_options
+from flaudit.scenarios.errors import ConfigError
+from flaudit.scenarios.registry import Registry, check_options
 
 Scheme = Callable[..., list[np.ndarray]]  # (labels, num_clients, rng, **params) -> index arrays
 PARTITIONS: Registry[Scheme] = Registry("partition scheme")

@@ -7,7 +7,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, Iterator, Mapping, TypeVar
 
-from scenarios.errors import ConfigError, UnknownNameError
+from flaudit.scenarios.errors import ConfigError, UnknownNameError
 
 T = TypeVar("T")
 

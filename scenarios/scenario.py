@@ -16,12 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from scenarios.config import bounded
-from scenarios.datasets import DataOptions, DatasetSplits, ImageDataset, load_dataset
-from scenarios.errors import ConfigError
-from scenarios.models import build_model
-from scenarios.partition import partition_indices, split_train_test
-from scenarios.views import TrainingSpec
+from flaudit.scenarios.config import bounded
+from flaudit.scenarios.datasets import DataOptions, DatasetSplits, ImageDataset, load_dataset
+from flaudit.scenarios.errors import ConfigError
+from flaudit.scenarios.models import build_model
+from flaudit.scenarios.partition import partition_indices, split_train_test
+from flaudit.scenarios.views import TrainingSpec
 
 
 @dataclass(frozen=True)

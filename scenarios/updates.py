@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from scenarios.errors import InvalidUpdateError
+from flaudit.scenarios.errors import InvalidUpdateError
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from scenarios.datasets import ImageDataset
-from scenarios.updates import ParamLayout
+from flaudit.scenarios.datasets import ImageDataset
+from flaudit.scenarios.updates import ParamLayout
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from scenarios import native
-from scenarios.scenario import ScenarioConfig, build_world
+from flaudit.scenarios import native
+from flaudit.scenarios.scenario import ScenarioConfig, build_world
 
 SECAGG_ISAS = ("sse2", "avx2", "avx512")
 
@@ -20,7 +20,7 @@ def isa(request, monkeypatch):
     """Runs the secagg/ChaCha20 CPU kernels with the vector width of ``request.param``
     (skipped when the extension is not built or the CPU lacks that instruction set)."""
     if not native.extension_available():
-        pytest.skip("flaudit_C not built")
+        pytest.skip("flaudit._C not built")
     monkeypatch.setenv("FLAUDIT_SECAGG_ISA", request.param)
     try:
         torch.ops.flaudit.chacha20(torch.zeros(32, dtype=torch.uint8), torch.zeros(12, dtype=torch.uint8), 0, 1)

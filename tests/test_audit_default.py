@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from auditor.config import load_audit
-from auditor.runner import RunOptions, run_audit
+from flaudit.auditor.config import load_audit
+from flaudit.auditor.runner import RunOptions, run_audit
 
 
 @pytest.mark.slow

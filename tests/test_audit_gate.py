@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from auditor.cli import main
+from flaudit.auditor.cli import main
 from test_audit_toys import run_toy
 
 MATRIX = """

@@ -8,12 +8,12 @@ import pytest
 import torch
 from scipy import stats as scipy_stats
 
-from auditor.attacks.base import AttackOutput
-from auditor.risk import risk_level
-from auditor.scoring import AttackOutputError, score
-from auditor.stats import interval
-from scenarios.datasets import ImageDataset
-from scenarios.views import ClientTrace
+from flaudit.auditor.attacks.base import AttackOutput
+from flaudit.auditor.risk import risk_level
+from flaudit.auditor.scoring import AttackOutputError, score
+from flaudit.auditor.stats import interval
+from flaudit.scenarios.datasets import ImageDataset
+from flaudit.scenarios.views import ClientTrace
 
 
 @pytest.fixture

@@ -13,26 +13,26 @@ from unittest import mock
 import pytest
 import torch
 
-from auditor.ops import bin_solve, bin_solve_reference
-from scenarios import native
+from flaudit.auditor.ops import bin_solve, bin_solve_reference
+from flaudit.scenarios import native
 
 # The module, not the function `auditor.ops.bin_solve` that shadows it in the package namespace.
-bin_solve_mod = importlib.import_module("auditor.ops.bin_solve")
+bin_solve_mod = importlib.import_module("flaudit.auditor.ops.bin_solve")
 
 
 def _kernels_built() -> bool:
     # Not native.extension_available(): its "not built" warning is an error under this
     # project's pytest settings, and a skip reason says it better here.
     try:
-        importlib.import_module("flaudit_C")
+        importlib.import_module("flaudit._C")
     except ImportError:
         return False
     return True
 
 
 KERNELS = _kernels_built()
-CUDA_KERNELS = KERNELS and torch.cuda.is_available() and importlib.import_module("flaudit_C").cuda_built()
-needs_kernels = pytest.mark.skipif(not KERNELS, reason="flaudit_C not built (pip install --no-build-isolation -e .)")
+CUDA_KERNELS = KERNELS and torch.cuda.is_available() and importlib.import_module("flaudit._C").cuda_built()
+needs_kernels = pytest.mark.skipif(not KERNELS, reason="flaudit._C not built (pip install --no-build-isolation -e .)")
 
 
 def _marks(*marks):
@@ -47,7 +47,7 @@ def _marks(*marks):
 needs_cuda = _marks(pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"))
 needs_cuda_kernels = _marks(
     pytest.mark.cuda,
-    pytest.mark.skipif(not CUDA_KERNELS, reason="needs a CUDA device and flaudit_C built with its CUDA kernels"),
+    pytest.mark.skipif(not CUDA_KERNELS, reason="needs a CUDA device and flaudit._C built with its CUDA kernels"),
 )
 
 
@@ -215,7 +215,7 @@ def test_bad_input_raises_clear_error(case, impl):
     gW, gb, eps = make()
     if impl == "kernel":
         if not KERNELS:
-            pytest.skip("flaudit_C not built")
+            pytest.skip("flaudit._C not built")
         fn = kernel
     else:
         fn = bin_solve if impl == "wrapper" else bin_solve_reference
@@ -234,10 +234,10 @@ def test_non_tensor_and_non_number_arguments(fn):
 # --- fallback --------------------------------------------------------------------------------
 
 def test_fallback_to_reference_when_extension_missing(monkeypatch):
-    """With flaudit_C unimportable, extension_available() warns once and bin_solve runs the
+    """With flaudit._C unimportable, extension_available() warns once and bin_solve runs the
     reference (the compiled op is never called)."""
     native.extension_available.cache_clear()
-    monkeypatch.setitem(sys.modules, "flaudit_C", None)  # makes `import flaudit_C` raise ImportError
+    monkeypatch.setitem(sys.modules, "flaudit._C", None)  # makes `import flaudit._C` raise ImportError
     calls = []
     real_reference = bin_solve_mod.bin_solve_reference
     monkeypatch.setattr(bin_solve_mod, "bin_solve_reference", lambda *a: calls.append(a) or real_reference(*a))

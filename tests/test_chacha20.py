@@ -15,14 +15,14 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from defenses.secagg import chacha20, chacha20_reference
-from defenses.secagg import masking
-from scenarios import native
+from flaudit.defenses.secagg import chacha20, chacha20_reference
+from flaudit.defenses.secagg import masking
+from flaudit.scenarios import native
 
-needs_kernels = pytest.mark.skipif(not native.extension_available(), reason="flaudit_C not built")
+needs_kernels = pytest.mark.skipif(not native.extension_available(), reason="flaudit._C not built")
 needs_cuda_kernels = pytest.mark.skipif(
     not (torch.cuda.is_available() and native.has_cuda_kernels()),
-    reason="needs a CUDA device and flaudit_C built with its CUDA kernels",
+    reason="needs a CUDA device and flaudit._C built with its CUDA kernels",
 )
 
 

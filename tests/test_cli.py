@@ -1,6 +1,6 @@
 import json
 
-from auditor.cli import main
+from flaudit.auditor.cli import main
 
 
 def test_list_shows_every_registry(capsys):

@@ -6,13 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from defenses.base import compose
-from defenses.compression import QuantizeCompression, TopKCompression, index_bits
-from defenses.registry import DEFENSES
-from scenarios.errors import ConfigError, InvalidUpdateError
-from scenarios.fedavg import FedAvgSimulation
-from scenarios.scenario import ScenarioConfig, build_world
-from scenarios.updates import ParamLayout
+from flaudit.defenses.base import compose
+from flaudit.defenses.compression import QuantizeCompression, TopKCompression, index_bits
+from flaudit.defenses.registry import DEFENSES
+from flaudit.scenarios.errors import ConfigError, InvalidUpdateError
+from flaudit.scenarios.fedavg import FedAvgSimulation
+from flaudit.scenarios.scenario import ScenarioConfig, build_world
+from flaudit.scenarios.updates import ParamLayout
 
 @pytest.fixture(scope="module")
 def layout():

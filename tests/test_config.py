@@ -2,10 +2,10 @@ from pathlib import Path
 
 import pytest
 
-from auditor.config import load_scenario, parse_override
-from scenarios.config import from_mapping
-from scenarios.errors import ConfigError
-from scenarios.scenario import ScenarioConfig
+from flaudit.auditor.config import load_scenario, parse_override
+from flaudit.scenarios.config import from_mapping
+from flaudit.scenarios.errors import ConfigError
+from flaudit.scenarios.scenario import ScenarioConfig
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -20,15 +20,15 @@ import pytest
 import torch
 from torch import nn
 
-from auditor.attacks import ATTACKS
-from auditor.attacks.base import AttackerKnowledge
-from auditor.attacks.cpa import CocktailPartyAttack, CpaParams, FirstLinearInput, rescale, to_unit_range
-from auditor.attacks.unmixing import UnmixingSettings, sign_violation, unmix, whiten
-from auditor.grids import grid_png
-from auditor.scoring import score
-from scenarios.errors import ConfigError, FlauditError
-from scenarios.fedavg import FedAvgSimulation
-from scenarios.scenario import ScenarioConfig, build_world
+from flaudit.auditor.attacks import ATTACKS
+from flaudit.auditor.attacks.base import AttackerKnowledge
+from flaudit.auditor.attacks.cpa import CocktailPartyAttack, CpaParams, FirstLinearInput, rescale, to_unit_range
+from flaudit.auditor.attacks.unmixing import UnmixingSettings, sign_violation, unmix, whiten
+from flaudit.auditor.grids import grid_png
+from flaudit.auditor.scoring import score
+from flaudit.scenarios.errors import ConfigError, FlauditError
+from flaudit.scenarios.fedavg import FedAvgSimulation
+from flaudit.scenarios.scenario import ScenarioConfig, build_world
 
 
 @dataclasses.dataclass
@@ -118,7 +118,7 @@ def test_unit_range_keeps_plausible_images_and_stretches_the_rest():
 
 
 def test_first_linear_input_tells_pixels_from_embeddings():
-    from scenarios.models import build_model
+    from flaudit.scenarios.models import build_model
 
     mlp = FirstLinearInput(build_model("mlp", (3, 8, 8), 10))
     cnn = FirstLinearInput(build_model("cnn", (3, 8, 8), 10))

@@ -16,14 +16,14 @@ import torch
 import torch.nn.functional as F
 from torchvision.utils import save_image
 
-from auditor.attacks.base import AttackerKnowledge
-from auditor.attacks.dmgan import Dmgan, DmganParams, GanClient
-from auditor.jobs import AttackJob, Component, Unit
-from auditor.metrics import match_reconstructions
-from scenarios.errors import ConfigError, FlauditError
-from scenarios.fedavg import FedAvgSimulation
-from scenarios.hooks import FLHooks
-from scenarios.scenario import ScenarioConfig, build_world
+from flaudit.auditor.attacks.base import AttackerKnowledge
+from flaudit.auditor.attacks.dmgan import Dmgan, DmganParams, GanClient
+from flaudit.auditor.jobs import AttackJob, Component, Unit
+from flaudit.auditor.metrics import match_reconstructions
+from flaudit.scenarios.errors import ConfigError, FlauditError
+from flaudit.scenarios.fedavg import FedAvgSimulation
+from flaudit.scenarios.hooks import FLHooks
+from flaudit.scenarios.scenario import ScenarioConfig, build_world
 
 TRACKED = 3
 SMALL = ScenarioConfig(

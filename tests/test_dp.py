@@ -7,14 +7,14 @@ from opacus.accountants import create_accountant
 from opacus.validators import ModuleValidator
 from torch import nn
 
-from defenses.base import compose
-from defenses.compression import TopKCompression
-from defenses.dp import DPSGD
-from defenses.registry import DEFENSES
-from scenarios.errors import ConfigError
-from scenarios.fedavg import FedAvgSimulation
-from scenarios.models import build_model
-from scenarios.scenario import ScenarioConfig, build_world
+from flaudit.defenses.base import compose
+from flaudit.defenses.compression import TopKCompression
+from flaudit.defenses.dp import DPSGD
+from flaudit.defenses.registry import DEFENSES
+from flaudit.scenarios.errors import ConfigError
+from flaudit.scenarios.fedavg import FedAvgSimulation
+from flaudit.scenarios.models import build_model
+from flaudit.scenarios.scenario import ScenarioConfig, build_world
 
 SMALL = ScenarioConfig(clients=2, rounds=4, partition="iid", batch_size=32, seed=3, lr=0.1)
 

@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from scenarios.errors import InvalidUpdateError
-from scenarios.fedavg import FedAvgSimulation
-from scenarios.hooks import AggregationOutcome, FLHooks, WeightedMeanAggregator
-from scenarios.scenario import ScenarioConfig, build_world
+from flaudit.scenarios.errors import InvalidUpdateError
+from flaudit.scenarios.fedavg import FedAvgSimulation
+from flaudit.scenarios.hooks import AggregationOutcome, FLHooks, WeightedMeanAggregator
+from flaudit.scenarios.scenario import ScenarioConfig, build_world
 
 SMALL = ScenarioConfig(clients=4, rounds=2, partition="iid", batch_size=32, seed=3)
 

@@ -12,14 +12,14 @@ import time
 import pytest
 import torch
 
-from auditor.attacks import ATTACKS
-from auditor.attacks.base import AttackerKnowledge
-from auditor.attacks.inverting_gradients import IgParams, invert_update
-from auditor.scoring import score
-from defenses.secagg import SecAgg
-from scenarios.errors import ConfigError
-from scenarios.fedavg import FedAvgSimulation
-from scenarios.scenario import ScenarioConfig, build_world
+from flaudit.auditor.attacks import ATTACKS
+from flaudit.auditor.attacks.base import AttackerKnowledge
+from flaudit.auditor.attacks.inverting_gradients import IgParams, invert_update
+from flaudit.auditor.scoring import score
+from flaudit.defenses.secagg import SecAgg
+from flaudit.scenarios.errors import ConfigError
+from flaudit.scenarios.fedavg import FedAvgSimulation
+from flaudit.scenarios.scenario import ScenarioConfig, build_world
 
 AUX = 20
 SIGMOID_LENET = {"model": "lenet", "model_options": {"activation": "sigmoid"}}  # DLG's setting

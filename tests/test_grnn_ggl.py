@@ -13,20 +13,20 @@ import statistics
 import pytest
 import torch
 
-from auditor.attacks import ATTACKS
-from auditor.attacks.base import AttackerKnowledge, AttackOutput
-from auditor.attacks.generators import DecoderSpec, ImageGenerator, trained_decoder
-from auditor.attacks.ggl import Ggl, GglParams
-from auditor.attacks.grnn import Grnn, GrnnParams, LayerWasserstein
-from auditor.metrics import psnr
-from auditor.scoring import score
-from defenses.secagg import SecAgg
-from scenarios.client import make_loader, train_client
-from scenarios.errors import FlauditError
-from scenarios.fedavg import FedAvgSimulation
-from scenarios.scenario import ScenarioConfig, build_world
-from scenarios.updates import ParamLayout
-from scenarios.views import ClientUpload, ServerView, TrainingSpec
+from flaudit.auditor.attacks import ATTACKS
+from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput
+from flaudit.auditor.attacks.generators import DecoderSpec, ImageGenerator, trained_decoder
+from flaudit.auditor.attacks.ggl import Ggl, GglParams
+from flaudit.auditor.attacks.grnn import Grnn, GrnnParams, LayerWasserstein
+from flaudit.auditor.metrics import psnr
+from flaudit.auditor.scoring import score
+from flaudit.defenses.secagg import SecAgg
+from flaudit.scenarios.client import make_loader, train_client
+from flaudit.scenarios.errors import FlauditError
+from flaudit.scenarios.fedavg import FedAvgSimulation
+from flaudit.scenarios.scenario import ScenarioConfig, build_world
+from flaudit.scenarios.updates import ParamLayout
+from flaudit.scenarios.views import ClientUpload, ServerView, TrainingSpec
 
 SINGLE_STEP = TrainingSpec(epochs=1, batch_size=1, lr=0.05, momentum=0.0, weight_decay=0.0)
 REALISTIC = ScenarioConfig(

@@ -15,17 +15,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from auditor.ops.imprint import imprint_forward, imprint_forward_reference
-from scenarios import native
+from flaudit.auditor.ops.imprint import imprint_forward, imprint_forward_reference
+from flaudit.scenarios import native
 
-imprint_mod = importlib.import_module("auditor.ops.imprint")
+imprint_mod = importlib.import_module("flaudit.auditor.ops.imprint")
 
 needs_kernels = pytest.mark.skipif(
-    not native.extension_available(), reason="flaudit_C not built (pip install --no-build-isolation -e .)"
+    not native.extension_available(), reason="flaudit._C not built (pip install --no-build-isolation -e .)"
 )
 needs_cuda_kernels = pytest.mark.skipif(
     not (torch.cuda.is_available() and native.has_cuda_kernels()),
-    reason="needs a CUDA device and flaudit_C built with its CUDA kernels",
+    reason="needs a CUDA device and flaudit._C built with its CUDA kernels",
 )
 ACTS = ["relu", "hardtanh", "identity"]
 
@@ -154,7 +154,7 @@ def test_bad_input_raises_clear_error(case, impl):
     x, query, scale, bias, code = make()
     if impl == "kernel":
         if not native.extension_available():
-            pytest.skip("flaudit_C not built")
+            pytest.skip("flaudit._C not built")
         call = lambda: torch.ops.flaudit.imprint_forward(x, query, scale, bias, code)  # noqa: E731
     else:
         fn = imprint_forward if impl == "wrapper" else imprint_forward_reference
@@ -176,7 +176,7 @@ def test_bad_activation_and_weight():
 
 def test_fallback_to_reference_when_extension_missing(monkeypatch):
     native.extension_available.cache_clear()
-    monkeypatch.setitem(sys.modules, "flaudit_C", None)
+    monkeypatch.setitem(sys.modules, "flaudit._C", None)
     try:
         with pytest.warns(RuntimeWarning, match="compiled kernels are not built"):
             assert native.extension_available() is False

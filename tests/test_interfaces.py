@@ -5,11 +5,11 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput, ThreatModel
-from defenses.base import Defense, compose
-from scenarios.errors import ConfigError
-from scenarios.hooks import WeightedMeanAggregator
-from scenarios.scenario import ScenarioConfig, build_world
+from flaudit.auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput, ThreatModel
+from flaudit.defenses.base import Defense, compose
+from flaudit.scenarios.errors import ConfigError
+from flaudit.scenarios.hooks import WeightedMeanAggregator
+from flaudit.scenarios.scenario import ScenarioConfig, build_world
 
 
 class Scale:

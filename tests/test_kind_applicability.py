@@ -8,11 +8,11 @@ import copy
 
 import pytest
 
-from auditor import gate, scorecard
-from auditor.catalog import registered
-from auditor.runner import RunOptions, run_audit
-from scenarios.hooks import AggregationOutcome, FLHooks
-from scenarios.kinds import scenario_kind
+from flaudit.auditor import gate, scorecard
+from flaudit.auditor.catalog import registered
+from flaudit.auditor.runner import RunOptions, run_audit
+from flaudit.scenarios.hooks import AggregationOutcome, FLHooks
+from flaudit.scenarios.kinds import scenario_kind
 from test_pli import FEDMD_DIGITS, audit
 
 DEFENSES = "".join(f'\n[[defense]]\nname = "{name}"\n' for name in ("dp", "topk", "secagg"))

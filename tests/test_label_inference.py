@@ -9,9 +9,9 @@ import dataclasses
 import pytest
 import torch
 
-from auditor.attacks.base import AttackerKnowledge
-from auditor.attacks.imprint import momentum_coefficients
-from auditor.attacks.label_inference import (
+from flaudit.auditor.attacks.base import AttackerKnowledge
+from flaudit.auditor.attacks.imprint import momentum_coefficients
+from flaudit.auditor.attacks.label_inference import (
     LabelInference,
     LabelParams,
     idlg_label,
@@ -22,14 +22,14 @@ from auditor.attacks.label_inference import (
     simplex_least_squares,
     heavy_ball_positions,
 )
-from auditor.scoring import score
-from defenses.secagg import SecAgg
-from scenarios.errors import ConfigError, FlauditError
-from scenarios.fedavg import FedAvgSimulation
-from scenarios.models import build_model
-from scenarios.scenario import ScenarioConfig, build_world
-from scenarios.updates import ParamLayout
-from scenarios.views import TrainingSpec
+from flaudit.auditor.scoring import score
+from flaudit.defenses.secagg import SecAgg
+from flaudit.scenarios.errors import ConfigError, FlauditError
+from flaudit.scenarios.fedavg import FedAvgSimulation
+from flaudit.scenarios.models import build_model
+from flaudit.scenarios.scenario import ScenarioConfig, build_world
+from flaudit.scenarios.updates import ParamLayout
+from flaudit.scenarios.views import TrainingSpec
 
 
 def attacked_round(**changes):

@@ -7,13 +7,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from auditor.attacks.image_priors import total_variation
-from auditor.attacks.local_update import gradient_distance, parameter_mask, simulate_update
-from scenarios.client import train_client
-from scenarios.errors import ConfigError
-from scenarios.models import build_model
-from scenarios.updates import ParamLayout
-from scenarios.views import TrainingSpec
+from flaudit.auditor.attacks.image_priors import total_variation
+from flaudit.auditor.attacks.local_update import gradient_distance, parameter_mask, simulate_update
+from flaudit.scenarios.client import train_client
+from flaudit.scenarios.errors import ConfigError
+from flaudit.scenarios.models import build_model
+from flaudit.scenarios.updates import ParamLayout
+from flaudit.scenarios.views import TrainingSpec
 
 
 def real_update(model, spec: TrainingSpec, images, labels, order=None):

@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from defenses.base import compose
-from scenarios.errors import ConfigError, UnknownNameError
-from scenarios.kinds import SCENARIO_KINDS, scenario_kind
-from scenarios.logit_sharing.dsfl import entropy_reduction_aggregate
-from scenarios.logit_sharing.fedgems import inverse_entropy_ensemble
-from scenarios.logit_sharing.world import box_blur
-from scenarios.scenario import ScenarioConfig
+from flaudit.defenses.base import compose
+from flaudit.scenarios.errors import ConfigError, UnknownNameError
+from flaudit.scenarios.kinds import SCENARIO_KINDS, scenario_kind
+from flaudit.scenarios.logit_sharing.dsfl import entropy_reduction_aggregate
+from flaudit.scenarios.logit_sharing.fedgems import inverse_entropy_ensemble
+from flaudit.scenarios.logit_sharing.world import box_blur
+from flaudit.scenarios.scenario import ScenarioConfig
 from test_audit_toys import ToyNoise
 
 SMALL = dict(model="fedmd_cnn", clients=2, rounds=2, batch_size=16, local_epochs=2, max_samples=600)

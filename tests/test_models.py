@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from scenarios.errors import ConfigError, UnknownNameError
-from scenarios.models import MODELS, build_model
+from flaudit.scenarios.errors import ConfigError, UnknownNameError
+from flaudit.scenarios.models import MODELS, build_model
 
 SHAPES = [(1, 8, 8), (3, 32, 32)]
 

@@ -19,14 +19,14 @@ import torch
 import torch.nn.functional as F
 from torchvision.utils import save_image
 
-from auditor.attacks.base import AttackerKnowledge
-from auditor.attacks.learned_prior import AutoencoderSpec, reconstruction_error, train_autoencoder
-from auditor.attacks.peer import PeerParams, PeerReconstruction, estimate_peers, others_update
-from auditor.jobs import AttackJob, Component, Unit
-from auditor.metrics import label_count_accuracy, match_reconstructions, summarize
-from scenarios.errors import FlauditError
-from scenarios.fedavg import FedAvgSimulation
-from scenarios.scenario import ScenarioConfig, build_world
+from flaudit.auditor.attacks.base import AttackerKnowledge
+from flaudit.auditor.attacks.learned_prior import AutoencoderSpec, reconstruction_error, train_autoencoder
+from flaudit.auditor.attacks.peer import PeerParams, PeerReconstruction, estimate_peers, others_update
+from flaudit.auditor.jobs import AttackJob, Component, Unit
+from flaudit.auditor.metrics import label_count_accuracy, match_reconstructions, summarize
+from flaudit.scenarios.errors import FlauditError
+from flaudit.scenarios.fedavg import FedAvgSimulation
+from flaudit.scenarios.scenario import ScenarioConfig, build_world
 
 
 def equal_peers(clients: int, per_client: int, **changes) -> ScenarioConfig:

@@ -13,16 +13,16 @@ import tomllib
 import pytest
 import torch
 
-from auditor.attacks.inversion_net import pick_distinct
-from auditor.attacks.logit_inversion import PLIParams, confidence_gap_optimum, label_priors
-from auditor.catalog import registered
-from auditor.class_scoring import class_means, score_representatives
-from auditor.config import audit_from_document
-from auditor.plan import build_plan
-from auditor.runner import RunOptions, run_audit
-from scenarios.kinds import scenario_kind
-from scenarios.scenario import ScenarioConfig
-from scenarios.views import LogitView
+from flaudit.auditor.attacks.inversion_net import pick_distinct
+from flaudit.auditor.attacks.logit_inversion import PLIParams, confidence_gap_optimum, label_priors
+from flaudit.auditor.catalog import registered
+from flaudit.auditor.class_scoring import class_means, score_representatives
+from flaudit.auditor.config import audit_from_document
+from flaudit.auditor.plan import build_plan
+from flaudit.auditor.runner import RunOptions, run_audit
+from flaudit.scenarios.kinds import scenario_kind
+from flaudit.scenarios.scenario import ScenarioConfig
+from flaudit.scenarios.views import LogitView
 
 
 def quality(p_server: torch.Tensor, p_client: torch.Tensor, j: int, alpha: float) -> torch.Tensor:

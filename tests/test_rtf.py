@@ -18,8 +18,8 @@ import pytest
 import torch
 from torchvision.utils import save_image
 
-from auditor.attacks.base import AttackerKnowledge
-from auditor.attacks.imprint import (
+from flaudit.auditor.attacks.base import AttackerKnowledge
+from flaudit.auditor.attacks.imprint import (
     gradient_estimate,
     isolated_fraction,
     isolation_bound,
@@ -28,15 +28,15 @@ from auditor.attacks.imprint import (
     solve_bins,
     update_coefficient,
 )
-from auditor.attacks.rtf import ImprintedModel, RobbingTheFed, RtfParams
-from auditor.metrics import match_reconstructions, summarize
-from defenses.base import compose
-from defenses.secagg import SecAgg
-from scenarios.errors import ConfigError, FlauditError, InvalidUpdateError
-from scenarios.fedavg import FedAvgSimulation
-from scenarios.hooks import FLHooks
-from scenarios.scenario import ScenarioConfig, build_world
-from scenarios.views import TrainingSpec
+from flaudit.auditor.attacks.rtf import ImprintedModel, RobbingTheFed, RtfParams
+from flaudit.auditor.metrics import match_reconstructions, summarize
+from flaudit.defenses.base import compose
+from flaudit.defenses.secagg import SecAgg
+from flaudit.scenarios.errors import ConfigError, FlauditError, InvalidUpdateError
+from flaudit.scenarios.fedavg import FedAvgSimulation
+from flaudit.scenarios.hooks import FLHooks
+from flaudit.scenarios.scenario import ScenarioConfig, build_world
+from flaudit.scenarios.views import TrainingSpec
 
 AUX = 500
 

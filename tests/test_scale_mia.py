@@ -15,15 +15,15 @@ import dataclasses
 import pytest
 import torch
 
-from auditor.attacks.base import AttackerKnowledge
-from auditor.attacks.imprint import gradient_estimate, isolated_fraction, isolation_bound
-from auditor.attacks.scale_mia import LEAKAGE_LAYERS, MODEL_ADAPTERS, ScaleMia, ScaleMiaParams, adapter_for
-from defenses.base import compose
-from defenses.secagg import SecAgg
-from scenarios.errors import ConfigError, FlauditError
-from scenarios.fedavg import FedAvgSimulation
-from scenarios.hooks import FLHooks
-from scenarios.scenario import ScenarioConfig, build_world
+from flaudit.auditor.attacks.base import AttackerKnowledge
+from flaudit.auditor.attacks.imprint import gradient_estimate, isolated_fraction, isolation_bound
+from flaudit.auditor.attacks.scale_mia import LEAKAGE_LAYERS, MODEL_ADAPTERS, ScaleMia, ScaleMiaParams, adapter_for
+from flaudit.defenses.base import compose
+from flaudit.defenses.secagg import SecAgg
+from flaudit.scenarios.errors import ConfigError, FlauditError
+from flaudit.scenarios.fedavg import FedAvgSimulation
+from flaudit.scenarios.hooks import FLHooks
+from flaudit.scenarios.scenario import ScenarioConfig, build_world
 from test_rtf import Attacked, attack_round, patches, save_grid, scores
 
 FAST_AE = ScaleMiaParams(ae_epochs=10)

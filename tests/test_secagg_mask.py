@@ -14,7 +14,7 @@ import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from scipy import stats
 
-from defenses.secagg import (
+from flaudit.defenses.secagg import (
     FixedPoint,
     mask_update,
     quantize_and_mask,
@@ -22,15 +22,15 @@ from defenses.secagg import (
     secagg_unmask_reference,
     unmask_sum,
 )
-from defenses.secagg import masking
-from defenses.secagg.masking import seeds_tensor
-from scenarios import native
-from scenarios.errors import InvalidUpdateError
+from flaudit.defenses.secagg import masking
+from flaudit.defenses.secagg.masking import seeds_tensor
+from flaudit.scenarios import native
+from flaudit.scenarios.errors import InvalidUpdateError
 
-needs_kernels = pytest.mark.skipif(not native.extension_available(), reason="flaudit_C not built")
+needs_kernels = pytest.mark.skipif(not native.extension_available(), reason="flaudit._C not built")
 needs_cuda_kernels = pytest.mark.skipif(
     not (torch.cuda.is_available() and native.has_cuda_kernels()),
-    reason="needs a CUDA device and flaudit_C built with its CUDA kernels",
+    reason="needs a CUDA device and flaudit._C built with its CUDA kernels",
 )
 
 

@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from defenses.base import compose
-from defenses.registry import DEFENSES
-from defenses.secagg import (
+from flaudit.defenses.base import compose
+from flaudit.defenses.registry import DEFENSES
+from flaudit.defenses.secagg import (
     AggregationAborted,
     ClientInput,
     FixedPoint,
@@ -26,13 +26,13 @@ from defenses.secagg import (
     run_secure_aggregation,
     shamir,
 )
-from defenses.secagg.dropouts import DropoutPlan, Stage
-from defenses.secagg.graph import NeighbourGraph
-from defenses.secagg.keys import ChannelError, KeyPair, channel_key, open_sealed, pairwise_mask_seed, seal
-from defenses.secagg.protocol import SecAggClient
-from scenarios.errors import ConfigError
-from scenarios.fedavg import FedAvgSimulation
-from scenarios.scenario import ScenarioConfig, build_world
+from flaudit.defenses.secagg.dropouts import DropoutPlan, Stage
+from flaudit.defenses.secagg.graph import NeighbourGraph
+from flaudit.defenses.secagg.keys import ChannelError, KeyPair, channel_key, open_sealed, pairwise_mask_seed, seal
+from flaudit.defenses.secagg.protocol import SecAggClient
+from flaudit.scenarios.errors import ConfigError
+from flaudit.scenarios.fedavg import FedAvgSimulation
+from flaudit.scenarios.scenario import ScenarioConfig, build_world
 
 
 def quantized(update: torch.Tensor, fixed_point: FixedPoint, weight: int) -> np.ndarray:

@@ -8,13 +8,13 @@ from opacus.accountants import create_accountant
 from scipy.stats import kstest, laplace, norm
 from torch import nn
 
-from defenses.base import compose
-from defenses.noise import UpdateNoise, gdp_delta, gdp_epsilon
-from defenses.registry import DEFENSES
-from scenarios.errors import ConfigError
-from scenarios.fedavg import FedAvgSimulation
-from scenarios.scenario import ScenarioConfig, build_world
-from scenarios.updates import ParamLayout
+from flaudit.defenses.base import compose
+from flaudit.defenses.noise import UpdateNoise, gdp_delta, gdp_epsilon
+from flaudit.defenses.registry import DEFENSES
+from flaudit.scenarios.errors import ConfigError
+from flaudit.scenarios.fedavg import FedAvgSimulation
+from flaudit.scenarios.scenario import ScenarioConfig, build_world
+from flaudit.scenarios.updates import ParamLayout
 
 @pytest.fixture(scope="module")
 def layout():

@@ -17,12 +17,12 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 
-from defenses.base import Defense, NoParams
-from scenarios.config import from_mapping
-from scenarios.datasets import ImageDataset
-from scenarios.hooks import AdversarialClient, ServerModelHook
-from scenarios.scenario import FLWorld, ScenarioConfig, resolve_device
-from scenarios.views import TrainingSpec
+from flaudit.defenses.base import Defense, NoParams
+from flaudit.scenarios.config import from_mapping
+from flaudit.scenarios.datasets import ImageDataset
+from flaudit.scenarios.hooks import AdversarialClient, ServerModelHook
+from flaudit.scenarios.scenario import FLWorld, ScenarioConfig, resolve_device
+from flaudit.scenarios.views import TrainingSpec
 
 
 class ThreatModel(str, Enum):

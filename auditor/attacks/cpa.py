@@ -25,15 +25,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from auditor.attacks import register_attack
-from auditor.attacks.base import AttackerKnowledge, AttackOutput
-from auditor.attacks.feature_inversion import InversionSettings, invert_features
-from auditor.attacks.honest_server import HonestServerAttack
-from auditor.attacks.image_priors import spatial_differences
-from auditor.attacks.unmixing import UnmixingSettings, unmix, whiten
-from scenarios.config import bounded
-from scenarios.errors import FlauditError
-from scenarios.views import ServerView
+from flaudit.auditor.attacks import register_attack
+from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput
+from flaudit.auditor.attacks.feature_inversion import InversionSettings, invert_features
+from flaudit.auditor.attacks.honest_server import HonestServerAttack
+from flaudit.auditor.attacks.image_priors import spatial_differences
+from flaudit.auditor.attacks.unmixing import UnmixingSettings, unmix, whiten
+from flaudit.scenarios.config import bounded
+from flaudit.scenarios.errors import FlauditError
+from flaudit.scenarios.views import ServerView
 
 PIXEL_MARGIN = 0.1  # a source scaled by its bias sum may overshoot [0, 1] by this before it is stretched
 

@@ -7,10 +7,10 @@ peers from it; with client sampling it cannot, and these attacks do not apply.
 
 from __future__ import annotations
 
-from auditor.attacks.base import AttackerKnowledge
-from scenarios.errors import FlauditError
-from scenarios.scenario import ScenarioConfig
-from scenarios.views import PeerView
+from flaudit.auditor.attacks.base import AttackerKnowledge
+from flaudit.scenarios.errors import FlauditError
+from flaudit.scenarios.scenario import ScenarioConfig
+from flaudit.scenarios.views import PeerView
 
 
 def needs_full_participation(attack: str, scenario: ScenarioConfig) -> str | None:

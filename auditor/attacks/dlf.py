@@ -16,13 +16,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from auditor.attacks import register_attack
-from auditor.attacks.base import AttackerKnowledge, AttackOutput
-from auditor.attacks.honest_server import HonestServerAttack
-from auditor.attacks.inverting_gradients import IgParams, optimise_images, update_objective
-from auditor.attacks.label_inference import inferred_labels
-from scenarios.config import bounded
-from scenarios.views import ServerView
+from flaudit.auditor.attacks import register_attack
+from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput
+from flaudit.auditor.attacks.honest_server import HonestServerAttack
+from flaudit.auditor.attacks.inverting_gradients import IgParams, optimise_images, update_objective
+from flaudit.auditor.attacks.label_inference import inferred_labels
+from flaudit.scenarios.config import bounded
+from flaudit.scenarios.views import ServerView
 
 
 @dataclass(frozen=True)

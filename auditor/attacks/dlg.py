@@ -20,13 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from auditor.attacks import register_attack
-from auditor.attacks.base import AttackerKnowledge, AttackOutput
-from auditor.attacks.honest_server import HonestServerAttack
-from auditor.attacks.label_inference import inferred_counts, labels_from_counts, round_counts
-from auditor.attacks.local_update import gradient_distance, parameter_mask, simulate_update
-from scenarios.config import bounded
-from scenarios.views import ClientUpload, ServerView
+from flaudit.auditor.attacks import register_attack
+from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput
+from flaudit.auditor.attacks.honest_server import HonestServerAttack
+from flaudit.auditor.attacks.label_inference import inferred_counts, labels_from_counts, round_counts
+from flaudit.auditor.attacks.local_update import gradient_distance, parameter_mask, simulate_update
+from flaudit.scenarios.config import bounded
+from flaudit.scenarios.views import ClientUpload, ServerView
 
 
 @dataclass(frozen=True)

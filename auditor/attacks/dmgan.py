@@ -29,15 +29,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from auditor.attacks import register_attack
-from auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput, ThreatModel
-from auditor.attacks.curious_client import needs_full_participation, peers
-from auditor.attacks.generators import ImageGenerator
-from defenses.base import Defense
-from scenarios.config import bounded
-from scenarios.errors import ConfigError, FlauditError
-from scenarios.scenario import ScenarioConfig, derive_seed
-from scenarios.views import ClientTrace, PeerView, TrainingSpec
+from flaudit.auditor.attacks import register_attack
+from flaudit.auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput, ThreatModel
+from flaudit.auditor.attacks.curious_client import needs_full_participation, peers
+from flaudit.auditor.attacks.generators import ImageGenerator
+from flaudit.defenses.base import Defense
+from flaudit.scenarios.config import bounded
+from flaudit.scenarios.errors import ConfigError, FlauditError
+from flaudit.scenarios.scenario import ScenarioConfig, derive_seed
+from flaudit.scenarios.views import ClientTrace, PeerView, TrainingSpec
 
 SEED_STREAM = 5150  # derive_seed(scenario seed, SEED_STREAM, ...) seeds the adversary's draws
 

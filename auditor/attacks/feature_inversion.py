@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from auditor.attacks.image_priors import total_variation
+from flaudit.auditor.attacks.image_priors import total_variation
 
 Embedder = Callable[[torch.Tensor], torch.Tensor]  # images [N, C, H, W] -> embeddings [N, D]
 

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from auditor.attacks.trained_models import trained_once
-from scenarios.datasets import ImageDataset
+from flaudit.auditor.attacks.trained_models import trained_once
+from flaudit.scenarios.datasets import ImageDataset
 
 ImageShape = tuple[int, int, int]
 BASE_SIDE = 4  # side of the map the latent vector is lifted to

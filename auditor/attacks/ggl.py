@@ -28,18 +28,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from auditor.attacks import register_attack
-from auditor.attacks.base import AttackerKnowledge, AttackOutput
-from auditor.attacks.generators import ConditionalDecoder, DecoderSpec, trained_decoder, untrained_decoder
-from auditor.attacks.honest_server import HonestServerAttack
-from auditor.attacks.imprint import local_steps
-from auditor.attacks.label_inference import inferred_labels
-from auditor.attacks.local_update import gradient_distance, parameter_mask, simulate_update
-from defenses.base import Defense
-from scenarios.config import bounded
-from scenarios.errors import ConfigError
-from scenarios.scenario import ScenarioConfig, derive_seed
-from scenarios.views import ServerView
+from flaudit.auditor.attacks import register_attack
+from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput
+from flaudit.auditor.attacks.generators import ConditionalDecoder, DecoderSpec, trained_decoder, untrained_decoder
+from flaudit.auditor.attacks.honest_server import HonestServerAttack
+from flaudit.auditor.attacks.imprint import local_steps
+from flaudit.auditor.attacks.label_inference import inferred_labels
+from flaudit.auditor.attacks.local_update import gradient_distance, parameter_mask, simulate_update
+from flaudit.defenses.base import Defense
+from flaudit.scenarios.config import bounded
+from flaudit.scenarios.errors import ConfigError
+from flaudit.scenarios.scenario import ScenarioConfig, derive_seed
+from flaudit.scenarios.views import ServerView
 
 PRIOR_SEED_STREAM = 6161  # derive_seed stream of the generator's initialisation and training
 SEARCH_SEED_STREAM = 6162  # derive_seed stream of CMA-ES's sampling

@@ -30,18 +30,18 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from auditor.attacks import register_attack
-from auditor.attacks.base import AttackerKnowledge, AttackOutput
-from auditor.attacks.generators import ImageGenerator
-from auditor.attacks.honest_server import HonestServerAttack
-from auditor.attacks.imprint import local_steps
-from auditor.attacks.image_priors import total_variation
-from auditor.attacks.local_update import gradient_distance, parameter_mask, simulate_update
-from scenarios.config import bounded
-from scenarios.errors import FlauditError
-from scenarios.scenario import derive_seed
-from scenarios.updates import ParamLayout
-from scenarios.views import ServerView
+from flaudit.auditor.attacks import register_attack
+from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput
+from flaudit.auditor.attacks.generators import ImageGenerator
+from flaudit.auditor.attacks.honest_server import HonestServerAttack
+from flaudit.auditor.attacks.imprint import local_steps
+from flaudit.auditor.attacks.image_priors import total_variation
+from flaudit.auditor.attacks.local_update import gradient_distance, parameter_mask, simulate_update
+from flaudit.scenarios.config import bounded
+from flaudit.scenarios.errors import FlauditError
+from flaudit.scenarios.scenario import derive_seed
+from flaudit.scenarios.updates import ParamLayout
+from flaudit.scenarios.views import ServerView
 
 SEED_STREAM = 5151  # derive_seed stream of the generator's initialisation and input noise
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from auditor.attacks.base import Attack, ThreatModel
-from scenarios.errors import FlauditError
-from scenarios.views import ClientUpload, ServerView
+from flaudit.auditor.attacks.base import Attack, ThreatModel
+from flaudit.scenarios.errors import FlauditError
+from flaudit.scenarios.views import ClientUpload, ServerView
 
 
 class HonestServerAttack(Attack):

@@ -25,10 +25,10 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from auditor.ops.bin_solve import bin_solve
-from auditor.ops.imprint import activate, imprint_forward
-from scenarios.errors import ConfigError
-from scenarios.views import TrainingSpec
+from flaudit.auditor.ops.bin_solve import bin_solve
+from flaudit.auditor.ops.imprint import activate, imprint_forward
+from flaudit.scenarios.errors import ConfigError
+from flaudit.scenarios.views import TrainingSpec
 
 EDGE_GRID = 16384  # points of the smoothed CDF that the quantile edges are read from
 OUTER_REACH = 4.0  # outer edges sit this many data ranges beyond the auxiliary data

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from auditor.attacks.image_priors import total_variation
-from auditor.metrics import ssim
+from flaudit.auditor.attacks.image_priors import total_variation
+from flaudit.auditor.metrics import ssim
 
 Loss = Callable[[torch.Tensor, nn.Module], torch.Tensor]  # (minibatch row indices, model) -> loss
 

@@ -21,15 +21,15 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import trange
 
-from auditor.attacks import register_attack
-from auditor.attacks.base import AttackerKnowledge, AttackOutput
-from auditor.attacks.honest_server import HonestServerAttack
-from auditor.attacks.label_inference import inferred_labels
-from auditor.attacks.image_priors import total_variation
-from auditor.attacks.local_update import Distance, gradient_distance, parameter_mask, simulate_update
-from scenarios.config import bounded
-from scenarios.updates import ParamLayout
-from scenarios.views import ServerView, TrainingSpec
+from flaudit.auditor.attacks import register_attack
+from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput
+from flaudit.auditor.attacks.honest_server import HonestServerAttack
+from flaudit.auditor.attacks.label_inference import inferred_labels
+from flaudit.auditor.attacks.image_priors import total_variation
+from flaudit.auditor.attacks.local_update import Distance, gradient_distance, parameter_mask, simulate_update
+from flaudit.scenarios.config import bounded
+from flaudit.scenarios.updates import ParamLayout
+from flaudit.scenarios.views import ServerView, TrainingSpec
 
 DECAY_POINTS = (3 / 8, 5 / 8, 7 / 8)  # fractions of the budget where the step size drops 10x
 

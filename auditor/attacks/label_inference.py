@@ -32,14 +32,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from auditor.attacks import register_attack
-from auditor.attacks.base import AttackerKnowledge, AttackOutput
-from auditor.attacks.honest_server import HonestServerAttack
-from auditor.attacks.imprint import gradient_estimate, local_steps, momentum_coefficients
-from scenarios.config import bounded
-from scenarios.errors import ConfigError
-from scenarios.updates import ParamLayout
-from scenarios.views import ClientUpload, ServerView, TrainingSpec
+from flaudit.auditor.attacks import register_attack
+from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput
+from flaudit.auditor.attacks.honest_server import HonestServerAttack
+from flaudit.auditor.attacks.imprint import gradient_estimate, local_steps, momentum_coefficients
+from flaudit.scenarios.config import bounded
+from flaudit.scenarios.errors import ConfigError
+from flaudit.scenarios.updates import ParamLayout
+from flaudit.scenarios.views import ClientUpload, ServerView, TrainingSpec
 
 Evidence = Literal["bias", "weight"]
 CountMethod = Literal["auto", "dlf", "rlu"]  # auto: RLU for multi-step updates with labelled probes, else DLF

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from auditor.attacks.trained_models import trained_once
-from scenarios.datasets import ImageDataset
+from flaudit.auditor.attacks.trained_models import trained_once
+from flaudit.scenarios.datasets import ImageDataset
 
 
 @dataclass(frozen=True)

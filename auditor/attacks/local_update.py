@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from scenarios.errors import ConfigError
-from scenarios.updates import ParamLayout
-from scenarios.views import TrainingSpec
+from flaudit.scenarios.errors import ConfigError
+from flaudit.scenarios.updates import ParamLayout
+from flaudit.scenarios.views import TrainingSpec
 
 
 def simulate_update(

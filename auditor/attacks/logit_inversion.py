@@ -24,13 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from auditor.attacks import register_attack
-from auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput, ThreatModel
-from auditor.attacks.inversion_net import Anchor, fit, pick_distinct, train_inversion
-from scenarios.config import bounded
-from scenarios.logit_sharing.world import box_blur
-from scenarios.models import build_model
-from scenarios.views import LogitView
+from flaudit.auditor.attacks import register_attack
+from flaudit.auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput, ThreatModel
+from flaudit.auditor.attacks.inversion_net import Anchor, fit, pick_distinct, train_inversion
+from flaudit.scenarios.config import bounded
+from flaudit.scenarios.logit_sharing.world import box_blur
+from flaudit.scenarios.models import build_model
+from flaudit.scenarios.views import LogitView
 
 EPOCH_BATCH = 64  # minibatch of the attacker's classifier and translation model
 

@@ -25,9 +25,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-from auditor.attacks import register_attack
-from auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput, ThreatModel
-from auditor.attacks.imprint import (
+from flaudit.auditor.attacks import register_attack
+from flaudit.auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput, ThreatModel
+from flaudit.auditor.attacks.imprint import (
     ImprintBlock,
     gradient_estimate,
     isolation_bound,
@@ -35,12 +35,12 @@ from auditor.attacks.imprint import (
     quantile_edges,
     solve_bins,
 )
-from scenarios.client import make_loader, train_client
-from scenarios.config import bounded
-from scenarios.datasets import ImageDataset
-from scenarios.errors import ConfigError, FlauditError
-from scenarios.scenario import derive_seed
-from scenarios.views import ServerView, TrainingSpec
+from flaudit.scenarios.client import make_loader, train_client
+from flaudit.scenarios.config import bounded
+from flaudit.scenarios.datasets import ImageDataset
+from flaudit.scenarios.errors import ConfigError, FlauditError
+from flaudit.scenarios.scenario import derive_seed
+from flaudit.scenarios.views import ServerView, TrainingSpec
 
 TILT = "block.tilt.weight"  # the layout entry the attack reads
 PIXEL_MARGIN = 0.05  # a solved image may overshoot [0, 1] by rounding, not by more

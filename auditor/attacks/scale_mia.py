@@ -36,9 +36,9 @@ from torch import nn
 from torchvision.models import ResNet
 from tqdm.auto import tqdm
 
-from auditor.attacks import register_attack
-from auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput, ThreatModel
-from auditor.attacks.imprint import (
+from flaudit.auditor.attacks import register_attack
+from flaudit.auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput, ThreatModel
+from flaudit.auditor.attacks.imprint import (
     gradient_estimate,
     isolation_bound,
     principal_direction,
@@ -47,11 +47,11 @@ from auditor.attacks.imprint import (
     solve_bins,
     variant,
 )
-from auditor.ops.bin_solve import bin_solve
-from scenarios.config import bounded
-from scenarios.errors import ConfigError, FlauditError
-from scenarios.models import FeatureClassifier
-from scenarios.views import ServerView
+from flaudit.auditor.ops.bin_solve import bin_solve
+from flaudit.scenarios.config import bounded
+from flaudit.scenarios.errors import ConfigError, FlauditError
+from flaudit.scenarios.models import FeatureClassifier
+from flaudit.scenarios.views import ServerView
 
 
 @dataclass(frozen=True)

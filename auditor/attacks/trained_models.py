@@ -9,7 +9,7 @@ from typing import Any, Callable, Hashable, TypeVar
 
 import torch
 
-from scenarios.datasets import ImageDataset
+from flaudit.scenarios.datasets import ImageDataset
 
 Model = TypeVar("Model")
 _TRAINED: dict[tuple, Any] = {}

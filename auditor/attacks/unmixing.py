@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from scenarios.errors import FlauditError
+from flaudit.scenarios.errors import FlauditError
 
 RANK_TOLERANCE = 1e-5  # singular values below this share of the largest carry no source
 QUADRATURE_POINTS = 20001  # grid over +-10 sigma for the Gaussian reference of the negentropy

@@ -5,6 +5,6 @@ built, and a pure-torch ``*_reference`` next to it: the fallback when it is not,
 of the parity tests.
 """
 
-from auditor.ops.bin_solve import bin_solve, bin_solve_reference
+from flaudit.auditor.ops.bin_solve import bin_solve, bin_solve_reference
 
 __all__ = ["bin_solve", "bin_solve_reference"]

@@ -4,9 +4,9 @@ the fused ``secagg_mask`` kernel behind ``mask_update``. Importing it registers 
 ``secagg_plus``.
 """
 
-from defenses.secagg.defense import SecAgg, SecAggParams, SecAggPlus, SecAggPlusParams
-from defenses.secagg.fixed_point import FixedPoint
-from defenses.secagg.masking import (
+from flaudit.defenses.secagg.defense import SecAgg, SecAggParams, SecAggPlus, SecAggPlusParams
+from flaudit.defenses.secagg.fixed_point import FixedPoint
+from flaudit.defenses.secagg.masking import (
     MaskedUpdate,
     chacha20,
     chacha20_reference,
@@ -16,7 +16,7 @@ from defenses.secagg.masking import (
     secagg_unmask_reference,
     unmask_sum,
 )
-from defenses.secagg.protocol import AggregationAborted, ClientInput, ProtocolConfig, run_secure_aggregation
+from flaudit.defenses.secagg.protocol import AggregationAborted, ClientInput, ProtocolConfig, run_secure_aggregation
 
 __all__ = [
     "AggregationAborted",

@@ -18,23 +18,23 @@ from typing import Literal, Sequence
 
 import torch
 
-from defenses.base import Defense
-from defenses.registry import register_defense
-from defenses.secagg.dropouts import DropoutPlan, Stage
-from defenses.secagg.fixed_point import FixedPoint
-from defenses.secagg.graph import NeighbourGraph
-from defenses.secagg.protocol import (
+from flaudit.defenses.base import Defense
+from flaudit.defenses.registry import register_defense
+from flaudit.defenses.secagg.dropouts import DropoutPlan, Stage
+from flaudit.defenses.secagg.fixed_point import FixedPoint
+from flaudit.defenses.secagg.graph import NeighbourGraph
+from flaudit.defenses.secagg.protocol import (
     AggregationAborted,
     ClientInput,
     ProtocolConfig,
     SecAggResult,
     run_secure_aggregation,
 )
-from scenarios.config import bounded
-from scenarios.errors import ConfigError
-from scenarios.hooks import AggregationOutcome
-from scenarios.scenario import FLWorld, derive_seed
-from scenarios.views import ClientUpload
+from flaudit.scenarios.config import bounded
+from flaudit.scenarios.errors import ConfigError
+from flaudit.scenarios.hooks import AggregationOutcome
+from flaudit.scenarios.scenario import FLWorld, derive_seed
+from flaudit.scenarios.views import ClientUpload
 
 DROPOUT_SEED_STREAM = 510  # derive_seed streams of the dropout draws and the SecAgg+ graph
 GRAPH_SEED_STREAM = 511

@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from scenarios.errors import ConfigError
+from flaudit.scenarios.errors import ConfigError
 
 
 @dataclass(frozen=True)

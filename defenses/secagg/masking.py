@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
-from defenses.secagg.fixed_point import INT32_MAX, FixedPoint
-from scenarios.errors import InvalidUpdateError
-from scenarios.native import extension_available, has_cuda_kernels
+from flaudit.defenses.secagg.fixed_point import INT32_MAX, FixedPoint
+from flaudit.scenarios.errors import InvalidUpdateError
+from flaudit.scenarios.native import extension_available, has_cuda_kernels
 
 __all__ = [
     "MaskedUpdate",

@@ -29,13 +29,13 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from defenses.secagg import shamir
-from defenses.secagg.dropouts import DropoutPlan, Stage
-from defenses.secagg.fixed_point import FixedPoint
-from defenses.secagg.graph import NeighbourGraph
-from defenses.secagg.keys import KeyPair, channel_key, open_sealed, pairwise_mask_seed, seal
-from defenses.secagg.masking import quantize_and_mask, unmask_sum
-from scenarios.errors import ConfigError, FlauditError, InvalidUpdateError
+from flaudit.defenses.secagg import shamir
+from flaudit.defenses.secagg.dropouts import DropoutPlan, Stage
+from flaudit.defenses.secagg.fixed_point import FixedPoint
+from flaudit.defenses.secagg.graph import NeighbourGraph
+from flaudit.defenses.secagg.keys import KeyPair, channel_key, open_sealed, pairwise_mask_seed, seal
+from flaudit.defenses.secagg.masking import quantize_and_mask, unmask_sum
+from flaudit.scenarios.errors import ConfigError, FlauditError, InvalidUpdateError
 
 SEED_BYTES = 32
 

@@ -18,13 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scenarios.client import accuracy, make_loader, train_client
-from scenarios.config import bounded
-from scenarios.errors import ConfigError
-from scenarios.hooks import FLHooks, WeightedMeanAggregator
-from scenarios.logit_sharing.world import PROTOCOL_STREAM, LogitOptions, LogitWorld, build_logit_world, parse_options
-from scenarios.scenario import ScenarioConfig, derive_seed
-from scenarios.views import ClientTrace, LogitView
+from flaudit.scenarios.client import accuracy, make_loader, train_client
+from flaudit.scenarios.config import bounded
+from flaudit.scenarios.errors import ConfigError
+from flaudit.scenarios.hooks import FLHooks, WeightedMeanAggregator
+from flaudit.scenarios.logit_sharing.world import PROTOCOL_STREAM, LogitOptions, LogitWorld, build_logit_world, parse_options
+from flaudit.scenarios.scenario import ScenarioConfig, derive_seed
+from flaudit.scenarios.views import ClientTrace, LogitView
 
 PUBLIC_STEP = 1  # derive_seed(seed, PROTOCOL_STREAM, PUBLIC_STEP, step, client): public-set batch order
 PREDICT_BATCH = 512

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 import torch
 
-from scenarios.config import bounded
-from scenarios.kinds import register_logit_kind
-from scenarios.logit_sharing.base import LogitSharingSimulation, PublicLoss
-from scenarios.logit_sharing.world import LogitOptions
+from flaudit.scenarios.config import bounded
+from flaudit.scenarios.kinds import register_logit_kind
+from flaudit.scenarios.logit_sharing.base import LogitSharingSimulation, PublicLoss
+from flaudit.scenarios.logit_sharing.world import LogitOptions
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from scenarios.config import bounded
-from scenarios.hooks import FLHooks
-from scenarios.kinds import register_logit_kind
-from scenarios.logit_sharing.base import LabelledPublicOptions, LabelledPublicSimulation, PublicLoss, predict
-from scenarios.logit_sharing.world import LogitWorld
-from scenarios.models import build_model
-from scenarios.scenario import derive_seed
+from flaudit.scenarios.config import bounded
+from flaudit.scenarios.hooks import FLHooks
+from flaudit.scenarios.kinds import register_logit_kind
+from flaudit.scenarios.logit_sharing.base import LabelledPublicOptions, LabelledPublicSimulation, PublicLoss, predict
+from flaudit.scenarios.logit_sharing.world import LogitWorld
+from flaudit.scenarios.models import build_model
+from flaudit.scenarios.scenario import derive_seed
 
 SERVER_CLIENT_ID = 1 << 20  # seeds the server model's public-set passes apart from every client's
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from scenarios.kinds import register_logit_kind
-from scenarios.logit_sharing.base import LabelledPublicSimulation, PublicLoss
+from flaudit.scenarios.kinds import register_logit_kind
+from flaudit.scenarios.logit_sharing.base import LabelledPublicSimulation, PublicLoss
 
 
 class FedMD(LabelledPublicSimulation):

@@ -16,12 +16,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from scenarios.config import bounded, from_mapping
-from scenarios.datasets import DataOptions, DatasetSplits, ImageDataset, load_dataset
-from scenarios.errors import ConfigError
-from scenarios.partition import partition_indices
-from scenarios.scenario import ClientData, FLWorld, ScenarioConfig, derive_seed, resolve_device
-from scenarios.views import PublicSet
+from flaudit.scenarios.config import bounded, from_mapping
+from flaudit.scenarios.datasets import DataOptions, DatasetSplits, ImageDataset, load_dataset
+from flaudit.scenarios.errors import ConfigError
+from flaudit.scenarios.partition import partition_indices
+from flaudit.scenarios.scenario import ClientData, FLWorld, ScenarioConfig, derive_seed, resolve_device
+from flaudit.scenarios.views import PublicSet
 
 PROTOCOL_STREAM = 20  # derive_seed(seed, PROTOCOL_STREAM, ...) draws the protocol's splits
 
