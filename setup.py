@@ -23,7 +23,7 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtensio
 ROOT = Path(__file__).parent
 CSRC = ROOT / "csrc"
 # The repository's top folders, installed as subpackages of the one ``flaudit`` package.
-ROOMS = ("auditor", "defenses", "scenarios")
+ROOMS = ("auditor", "core", "defenses", "scenarios")
 
 
 class BuildExt(BuildExtension):
@@ -83,7 +83,7 @@ setup(
     python_requires=">=3.11",
     packages=["flaudit"] + [f"flaudit.{name}" for name in find_packages(include=[f"{room}*" for room in ROOMS])],
     package_dir={"flaudit": "flaudit", **{f"flaudit.{room}": room for room in ROOMS}},
-    package_data={"flaudit.auditor": ["schemas/*.json", "default_audit.toml"]},
+    package_data={"flaudit.auditor.results": ["schemas/*.json"], "flaudit.auditor.running": ["default_audit.toml"]},
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExt.with_options(use_ninja=True)},
     install_requires=[

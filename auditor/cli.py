@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from flaudit.scenarios.errors import FlauditError
+from flaudit.core.errors import FlauditError
 
 
 def _registries() -> dict[str, object]:
@@ -48,7 +48,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from flaudit.auditor.config import load_scenario
+    from flaudit.auditor.running.config import load_scenario
     from flaudit.scenarios.fedavg import FedAvgSimulation
     from flaudit.scenarios.scenario import build_world
 
@@ -79,10 +79,10 @@ def _scenario_json(config) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flaudit.auditor.config import load_audit
-    from flaudit.auditor.outputs import REPORT, SUMMARY
-    from flaudit.auditor.runner import RunOptions, run_audit
-    from flaudit.auditor.scorecard import SCORECARD
+    from flaudit.auditor.running.config import load_audit
+    from flaudit.auditor.results.outputs import REPORT, SUMMARY
+    from flaudit.auditor.running.runner import RunOptions, run_audit
+    from flaudit.auditor.results.scorecard import SCORECARD
 
     config = load_audit(args.config, args.profile)
     options = RunOptions(args.out, args.executor, args.address, args.workers, args.resume, not args.no_progress)
@@ -102,8 +102,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
-    from flaudit.auditor import gate, scorecard
-    from flaudit.auditor.config import load_gate
+    from flaudit.auditor.results import gate, scorecard
+    from flaudit.auditor.running.config import load_gate
 
     baseline, candidate = scorecard.load(args.baseline), scorecard.load(args.candidate)
     tolerances = load_gate(args.config) if args.config else gate.tolerances_of(baseline)
@@ -123,8 +123,8 @@ def cmd_gate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from flaudit.auditor import scorecard
-    from flaudit.auditor.outputs import REPORT, SUMMARY, write_reports
+    from flaudit.auditor.results import scorecard
+    from flaudit.auditor.results.outputs import REPORT, SUMMARY, write_reports
 
     document = scorecard.load(args.dir)
     folder = scorecard.scorecard_path(args.dir).parent

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from flaudit.auditor.ops.imprint import imprint_forward
-from flaudit.scenarios import native
+from flaudit.core import native
 
 SIZES = [(64, 3 * 32 * 32, 1024), (64, 3 * 64 * 64, 4096)]  # (B, D, K)
 ROUNDS = {"cpu": 10, "cuda": 50}

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from flaudit.auditor.attacks.inverting_gradients import update_objective
-from flaudit.auditor.attacks.image_priors import total_variation
-from flaudit.auditor.attacks.local_update import gradient_distance, parameter_mask, simulate_update
+from flaudit.auditor.attacks.toolkit.image_priors import total_variation
+from flaudit.auditor.attacks.toolkit.local_update import gradient_distance, parameter_mask, simulate_update
 from flaudit.scenarios.models import build_model
 from flaudit.scenarios.updates import ParamLayout
 from flaudit.scenarios.views import TrainingSpec

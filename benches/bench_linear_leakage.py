@@ -15,12 +15,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-import flaudit.auditor.attacks.imprint as imprint_module
+import flaudit.auditor.attacks.toolkit.imprint as imprint_module
 from flaudit.auditor.attacks.base import AttackerKnowledge
 from flaudit.auditor.attacks.rtf import RobbingTheFed
 from flaudit.auditor.attacks.scale_mia import ScaleMia, ScaleMiaParams
 from flaudit.auditor.ops.bin_solve import bin_solve_reference
-from flaudit.scenarios import native
+from flaudit.core import native
 from flaudit.scenarios.fedavg import FedAvgSimulation
 from flaudit.scenarios.hooks import FLHooks
 from flaudit.scenarios.scenario import ScenarioConfig, build_world

@@ -17,7 +17,7 @@ import torch
 
 from flaudit.defenses.secagg import FixedPoint, chacha20, chacha20_reference, mask_update, secagg_mask_reference
 from flaudit.defenses.secagg.masking import seeds_tensor
-from flaudit.scenarios import native
+from flaudit.core import native
 
 N_VALUES = 11_200_000  # ResNet-18
 N_MASKS = 9  # 8 neighbours (SecAgg+ with k = 8) and the self-mask

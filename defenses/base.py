@@ -13,8 +13,8 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 from torch import nn
 
-from flaudit.scenarios.config import from_mapping
-from flaudit.scenarios.errors import ConfigError
+from flaudit.core.tables import from_mapping
+from flaudit.core.errors import ConfigError
 from flaudit.scenarios.hooks import Aggregator, FLHooks, TrainingWrapper, UpdateTransform
 from flaudit.scenarios.scenario import FLWorld
 

@@ -20,8 +20,8 @@ import torch
 
 from flaudit.defenses.base import Defense
 from flaudit.defenses.registry import register_defense
-from flaudit.scenarios.config import bounded
-from flaudit.scenarios.errors import ConfigError
+from flaudit.core.tables import bounded
+from flaudit.core.errors import ConfigError
 from flaudit.scenarios.scenario import FLWorld, derive_seed
 from flaudit.scenarios.updates import ParamLayout
 

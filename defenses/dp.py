@@ -25,8 +25,8 @@ from torch.utils.data import DataLoader
 
 from flaudit.defenses.base import Defense
 from flaudit.defenses.registry import register_defense
-from flaudit.scenarios.config import bounded
-from flaudit.scenarios.errors import ConfigError
+from flaudit.core.tables import bounded
+from flaudit.core.errors import ConfigError
 from flaudit.scenarios.scenario import FLWorld, derive_seed
 
 # Opacus is imported where it is used: importing it costs most of a second, and every

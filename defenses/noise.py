@@ -20,7 +20,7 @@ from scipy.special import log_ndtr, ndtr
 
 from flaudit.defenses.base import Defense
 from flaudit.defenses.registry import register_defense
-from flaudit.scenarios.config import bounded
+from flaudit.core.tables import bounded
 from flaudit.scenarios.scenario import FLWorld, derive_seed
 from flaudit.scenarios.updates import ParamLayout
 

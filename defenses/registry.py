@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flaudit.scenarios.registry import Registry
+from flaudit.core.registry import Registry
 
 DEFENSES: Registry[type] = Registry("defense")
 register_defense = DEFENSES.register_class  # class decorator: registers and sets ``name``

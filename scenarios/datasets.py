@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from flaudit.scenarios.errors import ConfigError, DataNotFoundError, FlauditError
-from flaudit.scenarios.registry import Registry
+from flaudit.core.errors import ConfigError, DataNotFoundError, FlauditError
+from flaudit.core.registry import Registry
 
 TEST_FRACTION = 0.2  # held-out share of datasets that come without a train/test split
 PATCHES_PER_PHOTO = 256

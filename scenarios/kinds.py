@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-from flaudit.scenarios.errors import ConfigError
+from flaudit.core.errors import ConfigError
 from flaudit.scenarios.fedavg import FedAvgSimulation
 from flaudit.scenarios.hooks import FLHooks
-from flaudit.scenarios.registry import Registry
+from flaudit.core.registry import Registry
 from flaudit.scenarios.scenario import FLWorld, ScenarioConfig, build_world
 from flaudit.scenarios.views import LogitView, PeerView, ServerView
 

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torchvision.models import resnet18 as torchvision_resnet18
 
-from flaudit.scenarios.errors import ConfigError
-from flaudit.scenarios.registry import Registry, check_options
+from flaudit.core.errors import ConfigError
+from flaudit.core.registry import Registry, check_options
 
 ImageShape = tuple[int, int, int]
 ModelBuilder = Callable[..., nn.Module]

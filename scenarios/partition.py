@@ -13,8 +13,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from flaudit.scenarios.errors import ConfigError
-from flaudit.scenarios.registry import Registry, check_options
+from flaudit.core.errors import ConfigError
+from flaudit.core.registry import Registry, check_options
 
 Scheme = Callable[..., list[np.ndarray]]  # (labels, num_clients, rng, **params) -> index arrays
 PARTITIONS: Registry[Scheme] = Registry("partition scheme")

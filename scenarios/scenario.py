@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from flaudit.scenarios.config import bounded
+from flaudit.core.tables import bounded
 from flaudit.scenarios.datasets import DataOptions, DatasetSplits, ImageDataset, load_dataset
-from flaudit.scenarios.errors import ConfigError
+from flaudit.core.errors import ConfigError
 from flaudit.scenarios.models import build_model
 from flaudit.scenarios.partition import partition_indices, split_train_test
 from flaudit.scenarios.views import TrainingSpec

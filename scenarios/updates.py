@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from flaudit.scenarios.errors import InvalidUpdateError
+from flaudit.core.errors import InvalidUpdateError
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from flaudit.scenarios import native
+from flaudit.core import native
 from flaudit.scenarios.scenario import ScenarioConfig, build_world
 
 SECAGG_ISAS = ("sse2", "avx2", "avx512")

@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from flaudit.auditor import catalog
+from flaudit.auditor.running import catalog
 from flaudit.auditor.cli import main
-from flaudit.auditor.store import atomic_write
+from flaudit.auditor.running.store import atomic_write
 from test_audit_toys import ONE_SAMPLE_CLIENTS, toy_catalog
 
 CONFIG = ONE_SAMPLE_CLIENTS.replace("seeds = [0, 1]", "seeds = [0]") + """

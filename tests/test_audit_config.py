@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from flaudit.auditor.config import BASELINE, default_audit_text, load_audit
-from flaudit.auditor.plan import build_plan
-from flaudit.scenarios.errors import ConfigError, DataNotFoundError, UnknownNameError
+from flaudit.auditor.running.config import BASELINE, default_audit_text, load_audit
+from flaudit.auditor.running.plan import build_plan
+from flaudit.core.errors import ConfigError, DataNotFoundError, UnknownNameError
 from test_audit_toys import LinearLeakage, toy_catalog, toy_config
 
 DEFENSES = """
@@ -179,7 +179,7 @@ def test_embedded_default_audit():
 
 
 def test_default_audit_plans_every_registered_component():
-    from flaudit.auditor.catalog import registered
+    from flaudit.auditor.running.catalog import registered
 
     catalog = registered()
     plan = build_plan(load_audit(None), catalog)  # preflight: builds the world, composes each column

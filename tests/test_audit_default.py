@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from flaudit.auditor.config import load_audit
-from flaudit.auditor.runner import RunOptions, run_audit
+from flaudit.auditor.running.config import load_audit
+from flaudit.auditor.running.runner import RunOptions, run_audit
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ def test_ray_executor_matches_local(tmp_path):
 def test_missing_ray_is_a_clear_error(tmp_path, monkeypatch):
     import sys
 
-    from flaudit.scenarios.errors import FlauditError
+    from flaudit.core.errors import FlauditError
 
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(FlauditError, match="the ray executor needs Ray, which is not installed: pip install ray"):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flaudit.auditor import risk
+from flaudit.auditor.results import risk
 from test_audit_runner import MATRIX
 from test_audit_toys import run_toy
 

@@ -8,8 +8,8 @@ import json
 import jsonschema
 import pytest
 
-from flaudit.auditor import scorecard as scorecards
-from flaudit.auditor.store import CELLS
+from flaudit.auditor.results import scorecard as scorecards
+from flaudit.auditor.running.store import CELLS
 from test_audit_toys import cell, run_toy
 
 MATRIX = """
@@ -151,8 +151,8 @@ def test_zero_attacks_still_measure_utility(tmp_path):
 
 
 def test_attacks_that_do_not_shape_the_model_share_the_utility_simulation():
-    from flaudit.auditor.jobs import plan_units
-    from flaudit.auditor.plan import build_plan
+    from flaudit.auditor.running.jobs import plan_units
+    from flaudit.auditor.running.plan import build_plan
     from test_audit_toys import toy_catalog, toy_config
 
     plan = build_plan(toy_config(MATRIX), toy_catalog(), preflight=False)

@@ -9,9 +9,9 @@ import torch
 from scipy import stats as scipy_stats
 
 from flaudit.auditor.attacks.base import AttackOutput
-from flaudit.auditor.risk import risk_level
-from flaudit.auditor.scoring import AttackOutputError, score
-from flaudit.auditor.stats import interval
+from flaudit.auditor.results.risk import risk_level
+from flaudit.auditor.metrics.scoring import AttackOutputError, score
+from flaudit.auditor.metrics.stats import interval
 from flaudit.scenarios.datasets import ImageDataset
 from flaudit.scenarios.views import ClientTrace
 

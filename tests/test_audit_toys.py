@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from flaudit.auditor.attacks.base import Attack, AttackOutput, ThreatModel
-from flaudit.auditor.catalog import Catalog
+from flaudit.auditor.running.catalog import Catalog
 from flaudit.defenses.base import Defense
 from flaudit.scenarios.hooks import AggregationOutcome, WeightedMeanAggregator
-from flaudit.scenarios.registry import Registry
+from flaudit.core.registry import Registry
 from flaudit.scenarios.scenario import ScenarioConfig, build_world, derive_seed
 from flaudit.scenarios.updates import ParamLayout
 
@@ -195,14 +195,14 @@ def test_toy_catalog_registers_by_name():
 
 
 def toy_config(extra: str = "", base: str = ONE_SAMPLE_CLIENTS, profile: str | None = None):
-    from flaudit.auditor.config import audit_from_document
+    from flaudit.auditor.running.config import audit_from_document
 
     return audit_from_document(tomllib.loads(base + extra), "<test config>", profile)
 
 
 def run_toy(out, extra: str = "", executor: str = "local", catalog: Catalog | None = None, **options):
     """Runs the toy audit (``ONE_SAMPLE_CLIENTS`` plus ``extra`` TOML) into folder ``out``."""
-    from flaudit.auditor.runner import RunOptions, run_audit
+    from flaudit.auditor.running.runner import RunOptions, run_audit
 
     run_options = RunOptions(out, executor=executor, progress=False, **options)
     return run_audit(toy_config(extra), run_options, catalog or toy_catalog())

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from flaudit.auditor.ops import bin_solve, bin_solve_reference
-from flaudit.scenarios import native
+from flaudit.core import native
 
 # The module, not the function `auditor.ops.bin_solve` that shadows it in the package namespace.
 bin_solve_mod = importlib.import_module("flaudit.auditor.ops.bin_solve")

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from flaudit.defenses.secagg import chacha20, chacha20_reference
 from flaudit.defenses.secagg import masking
-from flaudit.scenarios import native
+from flaudit.core import native
 
 needs_kernels = pytest.mark.skipif(not native.extension_available(), reason="flaudit._C not built")
 needs_cuda_kernels = pytest.mark.skipif(

@@ -9,7 +9,7 @@ from torch import nn
 from flaudit.defenses.base import compose
 from flaudit.defenses.compression import QuantizeCompression, TopKCompression, index_bits
 from flaudit.defenses.registry import DEFENSES
-from flaudit.scenarios.errors import ConfigError, InvalidUpdateError
+from flaudit.core.errors import ConfigError, InvalidUpdateError
 from flaudit.scenarios.fedavg import FedAvgSimulation
 from flaudit.scenarios.scenario import ScenarioConfig, build_world
 from flaudit.scenarios.updates import ParamLayout

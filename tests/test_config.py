@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from flaudit.auditor.config import load_scenario, parse_override
-from flaudit.scenarios.config import from_mapping
-from flaudit.scenarios.errors import ConfigError
+from flaudit.auditor.running.config import load_scenario, parse_override
+from flaudit.core.tables import from_mapping
+from flaudit.core.errors import ConfigError
 from flaudit.scenarios.scenario import ScenarioConfig
 
 

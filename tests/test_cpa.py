@@ -23,10 +23,10 @@ from torch import nn
 from flaudit.auditor.attacks import ATTACKS
 from flaudit.auditor.attacks.base import AttackerKnowledge
 from flaudit.auditor.attacks.cpa import CocktailPartyAttack, CpaParams, FirstLinearInput, rescale, to_unit_range
-from flaudit.auditor.attacks.unmixing import UnmixingSettings, sign_violation, unmix, whiten
-from flaudit.auditor.grids import grid_png
-from flaudit.auditor.scoring import score
-from flaudit.scenarios.errors import ConfigError, FlauditError
+from flaudit.auditor.attacks.toolkit.unmixing import UnmixingSettings, sign_violation, unmix, whiten
+from flaudit.auditor.results.grids import grid_png
+from flaudit.auditor.metrics.scoring import score
+from flaudit.core.errors import ConfigError, FlauditError
 from flaudit.scenarios.fedavg import FedAvgSimulation
 from flaudit.scenarios.scenario import ScenarioConfig, build_world
 

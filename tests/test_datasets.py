@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from flaudit.scenarios.datasets import DATASETS, DataOptions, ImageDataset, load_dataset
-from flaudit.scenarios.errors import ConfigError, DataNotFoundError, FlauditError, UnknownNameError
+from flaudit.core.errors import ConfigError, DataNotFoundError, FlauditError, UnknownNameError
 
 
 def assert_well_formed(dataset: ImageDataset, shape: tuple[int, int, int], num_classes: int) -> None:

@@ -18,9 +18,9 @@ from torchvision.utils import save_image
 
 from flaudit.auditor.attacks.base import AttackerKnowledge
 from flaudit.auditor.attacks.dmgan import Dmgan, DmganParams, GanClient
-from flaudit.auditor.jobs import AttackJob, Component, Unit
-from flaudit.auditor.metrics import match_reconstructions
-from flaudit.scenarios.errors import ConfigError, FlauditError
+from flaudit.auditor.running.jobs import AttackJob, Component, Unit
+from flaudit.auditor.metrics.measures import match_reconstructions
+from flaudit.core.errors import ConfigError, FlauditError
 from flaudit.scenarios.fedavg import FedAvgSimulation
 from flaudit.scenarios.hooks import FLHooks
 from flaudit.scenarios.scenario import ScenarioConfig, build_world

@@ -11,7 +11,7 @@ from flaudit.defenses.base import compose
 from flaudit.defenses.compression import TopKCompression
 from flaudit.defenses.dp import DPSGD
 from flaudit.defenses.registry import DEFENSES
-from flaudit.scenarios.errors import ConfigError
+from flaudit.core.errors import ConfigError
 from flaudit.scenarios.fedavg import FedAvgSimulation
 from flaudit.scenarios.models import build_model
 from flaudit.scenarios.scenario import ScenarioConfig, build_world

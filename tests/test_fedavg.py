@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from flaudit.scenarios.errors import InvalidUpdateError
+from flaudit.core.errors import InvalidUpdateError
 from flaudit.scenarios.fedavg import FedAvgSimulation
 from flaudit.scenarios.hooks import AggregationOutcome, FLHooks, WeightedMeanAggregator
 from flaudit.scenarios.scenario import ScenarioConfig, build_world

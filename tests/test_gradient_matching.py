@@ -15,9 +15,9 @@ import torch
 from flaudit.auditor.attacks import ATTACKS
 from flaudit.auditor.attacks.base import AttackerKnowledge
 from flaudit.auditor.attacks.inverting_gradients import IgParams, invert_update
-from flaudit.auditor.scoring import score
+from flaudit.auditor.metrics.scoring import score
 from flaudit.defenses.secagg import SecAgg
-from flaudit.scenarios.errors import ConfigError
+from flaudit.core.errors import ConfigError
 from flaudit.scenarios.fedavg import FedAvgSimulation
 from flaudit.scenarios.scenario import ScenarioConfig, build_world
 

@@ -15,14 +15,14 @@ import torch
 
 from flaudit.auditor.attacks import ATTACKS
 from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput
-from flaudit.auditor.attacks.generators import DecoderSpec, ImageGenerator, trained_decoder
+from flaudit.auditor.attacks.toolkit.generators import DecoderSpec, ImageGenerator, trained_decoder
 from flaudit.auditor.attacks.ggl import Ggl, GglParams
 from flaudit.auditor.attacks.grnn import Grnn, GrnnParams, LayerWasserstein
-from flaudit.auditor.metrics import psnr
-from flaudit.auditor.scoring import score
+from flaudit.auditor.metrics.measures import psnr
+from flaudit.auditor.metrics.scoring import score
 from flaudit.defenses.secagg import SecAgg
 from flaudit.scenarios.client import make_loader, train_client
-from flaudit.scenarios.errors import FlauditError
+from flaudit.core.errors import FlauditError
 from flaudit.scenarios.fedavg import FedAvgSimulation
 from flaudit.scenarios.scenario import ScenarioConfig, build_world
 from flaudit.scenarios.updates import ParamLayout

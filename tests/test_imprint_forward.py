@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from flaudit.auditor.ops.imprint import imprint_forward, imprint_forward_reference
-from flaudit.scenarios import native
+from flaudit.core import native
 
 imprint_mod = importlib.import_module("flaudit.auditor.ops.imprint")
 

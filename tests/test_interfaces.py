@@ -7,7 +7,7 @@ import torch
 
 from flaudit.auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput, ThreatModel
 from flaudit.defenses.base import Defense, compose
-from flaudit.scenarios.errors import ConfigError
+from flaudit.core.errors import ConfigError
 from flaudit.scenarios.hooks import WeightedMeanAggregator
 from flaudit.scenarios.scenario import ScenarioConfig, build_world
 

@@ -8,9 +8,9 @@ import copy
 
 import pytest
 
-from flaudit.auditor import gate, scorecard
-from flaudit.auditor.catalog import registered
-from flaudit.auditor.runner import RunOptions, run_audit
+from flaudit.auditor.results import gate, scorecard
+from flaudit.auditor.running.catalog import registered
+from flaudit.auditor.running.runner import RunOptions, run_audit
 from flaudit.scenarios.hooks import AggregationOutcome, FLHooks
 from flaudit.scenarios.kinds import scenario_kind
 from test_pli import FEDMD_DIGITS, audit

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from flaudit.auditor.attacks.base import AttackerKnowledge
-from flaudit.auditor.attacks.imprint import momentum_coefficients
+from flaudit.auditor.attacks.toolkit.imprint import momentum_coefficients
 from flaudit.auditor.attacks.label_inference import (
     LabelInference,
     LabelParams,
@@ -22,9 +22,9 @@ from flaudit.auditor.attacks.label_inference import (
     simplex_least_squares,
     heavy_ball_positions,
 )
-from flaudit.auditor.scoring import score
+from flaudit.auditor.metrics.scoring import score
 from flaudit.defenses.secagg import SecAgg
-from flaudit.scenarios.errors import ConfigError, FlauditError
+from flaudit.core.errors import ConfigError, FlauditError
 from flaudit.scenarios.fedavg import FedAvgSimulation
 from flaudit.scenarios.models import build_model
 from flaudit.scenarios.scenario import ScenarioConfig, build_world

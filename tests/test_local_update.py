@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from flaudit.auditor.attacks.image_priors import total_variation
-from flaudit.auditor.attacks.local_update import gradient_distance, parameter_mask, simulate_update
+from flaudit.auditor.attacks.toolkit.image_priors import total_variation
+from flaudit.auditor.attacks.toolkit.local_update import gradient_distance, parameter_mask, simulate_update
 from flaudit.scenarios.client import train_client
-from flaudit.scenarios.errors import ConfigError
+from flaudit.core.errors import ConfigError
 from flaudit.scenarios.models import build_model
 from flaudit.scenarios.updates import ParamLayout
 from flaudit.scenarios.views import TrainingSpec

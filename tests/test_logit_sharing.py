@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from flaudit.defenses.base import compose
-from flaudit.scenarios.errors import ConfigError, UnknownNameError
+from flaudit.core.errors import ConfigError, UnknownNameError
 from flaudit.scenarios.kinds import SCENARIO_KINDS, scenario_kind
 from flaudit.scenarios.logit_sharing.dsfl import entropy_reduction_aggregate
 from flaudit.scenarios.logit_sharing.fedgems import inverse_entropy_ensemble

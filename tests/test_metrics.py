@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from skimage import color, data
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from flaudit.auditor import metrics
-from flaudit.auditor.metrics import (
+from flaudit.auditor.metrics import measures as metrics
+from flaudit.auditor.metrics.measures import (
     PSNR_CEILING,
     Matching,
     MetricInputError,
@@ -26,7 +26,7 @@ from flaudit.auditor.metrics import (
     ssim_window,
     summarize,
 )
-from flaudit.scenarios.errors import ConfigError, FlauditError
+from flaudit.core.errors import ConfigError, FlauditError
 
 
 def rand(*shape, seed=0, dtype=torch.float64):

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from flaudit.scenarios.errors import ConfigError, UnknownNameError
+from flaudit.core.errors import ConfigError, UnknownNameError
 from flaudit.scenarios.models import MODELS, build_model
 
 SHAPES = [(1, 8, 8), (3, 32, 32)]

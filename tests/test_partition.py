@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flaudit.scenarios.errors import ConfigError, UnknownNameError
+from flaudit.core.errors import ConfigError, UnknownNameError
 from flaudit.scenarios.partition import PARTITIONS, partition_indices, split_train_test
 
 LABELS = torch.arange(10).repeat_interleave(100)  # 10 classes x 100 samples

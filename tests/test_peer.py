@@ -20,11 +20,11 @@ import torch.nn.functional as F
 from torchvision.utils import save_image
 
 from flaudit.auditor.attacks.base import AttackerKnowledge
-from flaudit.auditor.attacks.learned_prior import AutoencoderSpec, reconstruction_error, train_autoencoder
+from flaudit.auditor.attacks.toolkit.learned_prior import AutoencoderSpec, reconstruction_error, train_autoencoder
 from flaudit.auditor.attacks.peer import PeerParams, PeerReconstruction, estimate_peers, others_update
-from flaudit.auditor.jobs import AttackJob, Component, Unit
-from flaudit.auditor.metrics import label_count_accuracy, match_reconstructions, summarize
-from flaudit.scenarios.errors import FlauditError
+from flaudit.auditor.running.jobs import AttackJob, Component, Unit
+from flaudit.auditor.metrics.measures import label_count_accuracy, match_reconstructions, summarize
+from flaudit.core.errors import FlauditError
 from flaudit.scenarios.fedavg import FedAvgSimulation
 from flaudit.scenarios.scenario import ScenarioConfig, build_world
 

@@ -13,13 +13,13 @@ import tomllib
 import pytest
 import torch
 
-from flaudit.auditor.attacks.inversion_net import pick_distinct
+from flaudit.auditor.attacks.toolkit.inversion_net import pick_distinct
 from flaudit.auditor.attacks.logit_inversion import PLIParams, confidence_gap_optimum, label_priors
-from flaudit.auditor.catalog import registered
-from flaudit.auditor.class_scoring import class_means, score_representatives
-from flaudit.auditor.config import audit_from_document
-from flaudit.auditor.plan import build_plan
-from flaudit.auditor.runner import RunOptions, run_audit
+from flaudit.auditor.running.catalog import registered
+from flaudit.auditor.metrics.class_scoring import class_means, score_representatives
+from flaudit.auditor.running.config import audit_from_document
+from flaudit.auditor.running.plan import build_plan
+from flaudit.auditor.running.runner import RunOptions, run_audit
 from flaudit.scenarios.kinds import scenario_kind
 from flaudit.scenarios.scenario import ScenarioConfig
 from flaudit.scenarios.views import LogitView

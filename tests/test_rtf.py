@@ -19,7 +19,7 @@ import torch
 from torchvision.utils import save_image
 
 from flaudit.auditor.attacks.base import AttackerKnowledge
-from flaudit.auditor.attacks.imprint import (
+from flaudit.auditor.attacks.toolkit.imprint import (
     gradient_estimate,
     isolated_fraction,
     isolation_bound,
@@ -29,10 +29,10 @@ from flaudit.auditor.attacks.imprint import (
     update_coefficient,
 )
 from flaudit.auditor.attacks.rtf import ImprintedModel, RobbingTheFed, RtfParams
-from flaudit.auditor.metrics import match_reconstructions, summarize
+from flaudit.auditor.metrics.measures import match_reconstructions, summarize
 from flaudit.defenses.base import compose
 from flaudit.defenses.secagg import SecAgg
-from flaudit.scenarios.errors import ConfigError, FlauditError, InvalidUpdateError
+from flaudit.core.errors import ConfigError, FlauditError, InvalidUpdateError
 from flaudit.scenarios.fedavg import FedAvgSimulation
 from flaudit.scenarios.hooks import FLHooks
 from flaudit.scenarios.scenario import ScenarioConfig, build_world

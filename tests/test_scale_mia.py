@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from flaudit.auditor.attacks.base import AttackerKnowledge
-from flaudit.auditor.attacks.imprint import gradient_estimate, isolated_fraction, isolation_bound
+from flaudit.auditor.attacks.toolkit.imprint import gradient_estimate, isolated_fraction, isolation_bound
 from flaudit.auditor.attacks.scale_mia import LEAKAGE_LAYERS, MODEL_ADAPTERS, ScaleMia, ScaleMiaParams, adapter_for
 from flaudit.defenses.base import compose
 from flaudit.defenses.secagg import SecAgg
-from flaudit.scenarios.errors import ConfigError, FlauditError
+from flaudit.core.errors import ConfigError, FlauditError
 from flaudit.scenarios.fedavg import FedAvgSimulation
 from flaudit.scenarios.hooks import FLHooks
 from flaudit.scenarios.scenario import ScenarioConfig, build_world

@@ -24,8 +24,8 @@ from flaudit.defenses.secagg import (
 )
 from flaudit.defenses.secagg import masking
 from flaudit.defenses.secagg.masking import seeds_tensor
-from flaudit.scenarios import native
-from flaudit.scenarios.errors import InvalidUpdateError
+from flaudit.core import native
+from flaudit.core.errors import InvalidUpdateError
 
 needs_kernels = pytest.mark.skipif(not native.extension_available(), reason="flaudit._C not built")
 needs_cuda_kernels = pytest.mark.skipif(

@@ -30,7 +30,7 @@ from flaudit.defenses.secagg.dropouts import DropoutPlan, Stage
 from flaudit.defenses.secagg.graph import NeighbourGraph
 from flaudit.defenses.secagg.keys import ChannelError, KeyPair, channel_key, open_sealed, pairwise_mask_seed, seal
 from flaudit.defenses.secagg.protocol import SecAggClient
-from flaudit.scenarios.errors import ConfigError
+from flaudit.core.errors import ConfigError
 from flaudit.scenarios.fedavg import FedAvgSimulation
 from flaudit.scenarios.scenario import ScenarioConfig, build_world
 

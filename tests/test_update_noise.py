@@ -11,7 +11,7 @@ from torch import nn
 from flaudit.defenses.base import compose
 from flaudit.defenses.noise import UpdateNoise, gdp_delta, gdp_epsilon
 from flaudit.defenses.registry import DEFENSES
-from flaudit.scenarios.errors import ConfigError
+from flaudit.core.errors import ConfigError
 from flaudit.scenarios.fedavg import FedAvgSimulation
 from flaudit.scenarios.scenario import ScenarioConfig, build_world
 from flaudit.scenarios.updates import ParamLayout

@@ -6,7 +6,7 @@ of this file, so importing ``auditor.attacks`` fills ATTACKS.
 
 from __future__ import annotations
 
-from flaudit.scenarios.registry import Registry
+from flaudit.core.registry import Registry
 
 ATTACKS: Registry[type] = Registry("attack")
 register_attack = ATTACKS.register_class  # class decorator: registers and sets ``name``

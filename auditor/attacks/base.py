@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 import torch
 
 from flaudit.defenses.base import Defense, NoParams
-from flaudit.scenarios.config import from_mapping
+from flaudit.core.tables import from_mapping
 from flaudit.scenarios.datasets import ImageDataset
 from flaudit.scenarios.hooks import AdversarialClient, ServerModelHook
 from flaudit.scenarios.scenario import FLWorld, ScenarioConfig, resolve_device

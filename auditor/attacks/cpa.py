@@ -27,12 +27,12 @@ from torch import nn
 
 from flaudit.auditor.attacks import register_attack
 from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput
-from flaudit.auditor.attacks.feature_inversion import InversionSettings, invert_features
-from flaudit.auditor.attacks.honest_server import HonestServerAttack
-from flaudit.auditor.attacks.image_priors import spatial_differences
-from flaudit.auditor.attacks.unmixing import UnmixingSettings, unmix, whiten
-from flaudit.scenarios.config import bounded
-from flaudit.scenarios.errors import FlauditError
+from flaudit.auditor.attacks.toolkit.feature_inversion import InversionSettings, invert_features
+from flaudit.auditor.attacks.toolkit.honest_server import HonestServerAttack
+from flaudit.auditor.attacks.toolkit.image_priors import spatial_differences
+from flaudit.auditor.attacks.toolkit.unmixing import UnmixingSettings, unmix, whiten
+from flaudit.core.tables import bounded
+from flaudit.core.errors import FlauditError
 from flaudit.scenarios.views import ServerView
 
 PIXEL_MARGIN = 0.1  # a source scaled by its bias sum may overshoot [0, 1] by this before it is stretched

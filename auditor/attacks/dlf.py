@@ -18,10 +18,10 @@ from torch import Tensor
 
 from flaudit.auditor.attacks import register_attack
 from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput
-from flaudit.auditor.attacks.honest_server import HonestServerAttack
+from flaudit.auditor.attacks.toolkit.honest_server import HonestServerAttack
 from flaudit.auditor.attacks.inverting_gradients import IgParams, optimise_images, update_objective
 from flaudit.auditor.attacks.label_inference import inferred_labels
-from flaudit.scenarios.config import bounded
+from flaudit.core.tables import bounded
 from flaudit.scenarios.views import ServerView
 
 

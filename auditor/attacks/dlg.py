@@ -22,10 +22,10 @@ from torch import Tensor
 
 from flaudit.auditor.attacks import register_attack
 from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput
-from flaudit.auditor.attacks.honest_server import HonestServerAttack
+from flaudit.auditor.attacks.toolkit.honest_server import HonestServerAttack
 from flaudit.auditor.attacks.label_inference import inferred_counts, labels_from_counts, round_counts
-from flaudit.auditor.attacks.local_update import gradient_distance, parameter_mask, simulate_update
-from flaudit.scenarios.config import bounded
+from flaudit.auditor.attacks.toolkit.local_update import gradient_distance, parameter_mask, simulate_update
+from flaudit.core.tables import bounded
 from flaudit.scenarios.views import ClientUpload, ServerView
 
 

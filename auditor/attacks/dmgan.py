@@ -31,11 +31,11 @@ from torch.utils.data import DataLoader
 
 from flaudit.auditor.attacks import register_attack
 from flaudit.auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput, ThreatModel
-from flaudit.auditor.attacks.curious_client import needs_full_participation, peers
-from flaudit.auditor.attacks.generators import ImageGenerator
+from flaudit.auditor.attacks.toolkit.curious_client import needs_full_participation, peers
+from flaudit.auditor.attacks.toolkit.generators import ImageGenerator
 from flaudit.defenses.base import Defense
-from flaudit.scenarios.config import bounded
-from flaudit.scenarios.errors import ConfigError, FlauditError
+from flaudit.core.tables import bounded
+from flaudit.core.errors import ConfigError, FlauditError
 from flaudit.scenarios.scenario import ScenarioConfig, derive_seed
 from flaudit.scenarios.views import ClientTrace, PeerView, TrainingSpec
 

@@ -30,14 +30,14 @@ from tqdm.auto import tqdm
 
 from flaudit.auditor.attacks import register_attack
 from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput
-from flaudit.auditor.attacks.generators import ConditionalDecoder, DecoderSpec, trained_decoder, untrained_decoder
-from flaudit.auditor.attacks.honest_server import HonestServerAttack
-from flaudit.auditor.attacks.imprint import local_steps
+from flaudit.auditor.attacks.toolkit.generators import ConditionalDecoder, DecoderSpec, trained_decoder, untrained_decoder
+from flaudit.auditor.attacks.toolkit.honest_server import HonestServerAttack
+from flaudit.auditor.attacks.toolkit.imprint import local_steps
 from flaudit.auditor.attacks.label_inference import inferred_labels
-from flaudit.auditor.attacks.local_update import gradient_distance, parameter_mask, simulate_update
+from flaudit.auditor.attacks.toolkit.local_update import gradient_distance, parameter_mask, simulate_update
 from flaudit.defenses.base import Defense
-from flaudit.scenarios.config import bounded
-from flaudit.scenarios.errors import ConfigError
+from flaudit.core.tables import bounded
+from flaudit.core.errors import ConfigError
 from flaudit.scenarios.scenario import ScenarioConfig, derive_seed
 from flaudit.scenarios.views import ServerView
 

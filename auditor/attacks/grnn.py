@@ -32,13 +32,13 @@ from tqdm.auto import tqdm
 
 from flaudit.auditor.attacks import register_attack
 from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput
-from flaudit.auditor.attacks.generators import ImageGenerator
-from flaudit.auditor.attacks.honest_server import HonestServerAttack
-from flaudit.auditor.attacks.imprint import local_steps
-from flaudit.auditor.attacks.image_priors import total_variation
-from flaudit.auditor.attacks.local_update import gradient_distance, parameter_mask, simulate_update
-from flaudit.scenarios.config import bounded
-from flaudit.scenarios.errors import FlauditError
+from flaudit.auditor.attacks.toolkit.generators import ImageGenerator
+from flaudit.auditor.attacks.toolkit.honest_server import HonestServerAttack
+from flaudit.auditor.attacks.toolkit.imprint import local_steps
+from flaudit.auditor.attacks.toolkit.image_priors import total_variation
+from flaudit.auditor.attacks.toolkit.local_update import gradient_distance, parameter_mask, simulate_update
+from flaudit.core.tables import bounded
+from flaudit.core.errors import FlauditError
 from flaudit.scenarios.scenario import derive_seed
 from flaudit.scenarios.updates import ParamLayout
 from flaudit.scenarios.views import ServerView

@@ -23,11 +23,11 @@ from tqdm.auto import trange
 
 from flaudit.auditor.attacks import register_attack
 from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput
-from flaudit.auditor.attacks.honest_server import HonestServerAttack
+from flaudit.auditor.attacks.toolkit.honest_server import HonestServerAttack
 from flaudit.auditor.attacks.label_inference import inferred_labels
-from flaudit.auditor.attacks.image_priors import total_variation
-from flaudit.auditor.attacks.local_update import Distance, gradient_distance, parameter_mask, simulate_update
-from flaudit.scenarios.config import bounded
+from flaudit.auditor.attacks.toolkit.image_priors import total_variation
+from flaudit.auditor.attacks.toolkit.local_update import Distance, gradient_distance, parameter_mask, simulate_update
+from flaudit.core.tables import bounded
 from flaudit.scenarios.updates import ParamLayout
 from flaudit.scenarios.views import ServerView, TrainingSpec
 

@@ -34,10 +34,10 @@ from torch.func import functional_call
 
 from flaudit.auditor.attacks import register_attack
 from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput
-from flaudit.auditor.attacks.honest_server import HonestServerAttack
-from flaudit.auditor.attacks.imprint import gradient_estimate, local_steps, momentum_coefficients
-from flaudit.scenarios.config import bounded
-from flaudit.scenarios.errors import ConfigError
+from flaudit.auditor.attacks.toolkit.honest_server import HonestServerAttack
+from flaudit.auditor.attacks.toolkit.imprint import gradient_estimate, local_steps, momentum_coefficients
+from flaudit.core.tables import bounded
+from flaudit.core.errors import ConfigError
 from flaudit.scenarios.updates import ParamLayout
 from flaudit.scenarios.views import ClientUpload, ServerView, TrainingSpec
 

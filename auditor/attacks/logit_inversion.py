@@ -26,8 +26,8 @@ from torch import nn
 
 from flaudit.auditor.attacks import register_attack
 from flaudit.auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput, ThreatModel
-from flaudit.auditor.attacks.inversion_net import Anchor, fit, pick_distinct, train_inversion
-from flaudit.scenarios.config import bounded
+from flaudit.auditor.attacks.toolkit.inversion_net import Anchor, fit, pick_distinct, train_inversion
+from flaudit.core.tables import bounded
 from flaudit.scenarios.logit_sharing.world import box_blur
 from flaudit.scenarios.models import build_model
 from flaudit.scenarios.views import LogitView

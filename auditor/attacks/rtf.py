@@ -27,7 +27,7 @@ from torch import nn
 
 from flaudit.auditor.attacks import register_attack
 from flaudit.auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput, ThreatModel
-from flaudit.auditor.attacks.imprint import (
+from flaudit.auditor.attacks.toolkit.imprint import (
     ImprintBlock,
     gradient_estimate,
     isolation_bound,
@@ -36,9 +36,9 @@ from flaudit.auditor.attacks.imprint import (
     solve_bins,
 )
 from flaudit.scenarios.client import make_loader, train_client
-from flaudit.scenarios.config import bounded
+from flaudit.core.tables import bounded
 from flaudit.scenarios.datasets import ImageDataset
-from flaudit.scenarios.errors import ConfigError, FlauditError
+from flaudit.core.errors import ConfigError, FlauditError
 from flaudit.scenarios.scenario import derive_seed
 from flaudit.scenarios.views import ServerView, TrainingSpec
 

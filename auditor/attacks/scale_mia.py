@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from flaudit.auditor.attacks import register_attack
 from flaudit.auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput, ThreatModel
-from flaudit.auditor.attacks.imprint import (
+from flaudit.auditor.attacks.toolkit.imprint import (
     gradient_estimate,
     isolation_bound,
     principal_direction,
@@ -48,8 +48,8 @@ from flaudit.auditor.attacks.imprint import (
     variant,
 )
 from flaudit.auditor.ops.bin_solve import bin_solve
-from flaudit.scenarios.config import bounded
-from flaudit.scenarios.errors import ConfigError, FlauditError
+from flaudit.core.tables import bounded
+from flaudit.core.errors import ConfigError, FlauditError
 from flaudit.scenarios.models import FeatureClassifier
 from flaudit.scenarios.views import ServerView
 

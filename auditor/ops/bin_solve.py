@@ -19,7 +19,7 @@ import numbers
 
 import torch
 
-from flaudit.scenarios.native import extension_available, has_cuda_kernels
+from flaudit.core.native import extension_available, has_cuda_kernels
 
 __all__ = ["bin_solve", "bin_solve_reference"]
 

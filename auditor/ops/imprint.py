@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from flaudit.scenarios.native import extension_available, has_cuda_kernels
+from flaudit.core.native import extension_available, has_cuda_kernels
 
 __all__ = ["ACTIVATIONS", "activate", "imprint_forward", "imprint_forward_reference"]
 

@@ -30,8 +30,8 @@ from flaudit.defenses.secagg.protocol import (
     SecAggResult,
     run_secure_aggregation,
 )
-from flaudit.scenarios.config import bounded
-from flaudit.scenarios.errors import ConfigError
+from flaudit.core.tables import bounded
+from flaudit.core.errors import ConfigError
 from flaudit.scenarios.hooks import AggregationOutcome
 from flaudit.scenarios.scenario import FLWorld, derive_seed
 from flaudit.scenarios.views import ClientUpload

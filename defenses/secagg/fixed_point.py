@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from flaudit.scenarios.errors import ConfigError
+from flaudit.core.errors import ConfigError
 
 INT32_MAX = 2**31 - 1
 # Slack on top of half a step per client: the double-precision product weight * value / step

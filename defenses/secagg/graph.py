@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from flaudit.scenarios.errors import ConfigError
+from flaudit.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from flaudit.scenarios.errors import FlauditError
+from flaudit.core.errors import FlauditError
 
 KEY_BYTES = 32
 NONCE_BYTES = 12

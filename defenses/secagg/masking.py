@@ -23,8 +23,8 @@ import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from flaudit.defenses.secagg.fixed_point import INT32_MAX, FixedPoint
-from flaudit.scenarios.errors import InvalidUpdateError
-from flaudit.scenarios.native import extension_available, has_cuda_kernels
+from flaudit.core.errors import InvalidUpdateError
+from flaudit.core.native import extension_available, has_cuda_kernels
 
 __all__ = [
     "MaskedUpdate",

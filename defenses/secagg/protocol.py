@@ -35,7 +35,7 @@ from flaudit.defenses.secagg.fixed_point import FixedPoint
 from flaudit.defenses.secagg.graph import NeighbourGraph
 from flaudit.defenses.secagg.keys import KeyPair, channel_key, open_sealed, pairwise_mask_seed, seal
 from flaudit.defenses.secagg.masking import quantize_and_mask, unmask_sum
-from flaudit.scenarios.errors import ConfigError, FlauditError, InvalidUpdateError
+from flaudit.core.errors import ConfigError, FlauditError, InvalidUpdateError
 
 SEED_BYTES = 32
 

@@ -13,7 +13,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from flaudit.scenarios.errors import FlauditError
+from flaudit.core.errors import FlauditError
 
 PRIME = 2**521 - 1
 SHARE_BYTES = (PRIME.bit_length() + 7) // 8

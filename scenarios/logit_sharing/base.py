@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from flaudit.scenarios.client import accuracy, make_loader, train_client
-from flaudit.scenarios.config import bounded
-from flaudit.scenarios.errors import ConfigError
+from flaudit.core.tables import bounded
+from flaudit.core.errors import ConfigError
 from flaudit.scenarios.hooks import FLHooks, WeightedMeanAggregator
 from flaudit.scenarios.logit_sharing.world import PROTOCOL_STREAM, LogitOptions, LogitWorld, build_logit_world, parse_options
 from flaudit.scenarios.scenario import ScenarioConfig, derive_seed

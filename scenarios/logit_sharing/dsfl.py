@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from flaudit.scenarios.config import bounded
+from flaudit.core.tables import bounded
 from flaudit.scenarios.kinds import register_logit_kind
 from flaudit.scenarios.logit_sharing.base import LogitSharingSimulation, PublicLoss
 from flaudit.scenarios.logit_sharing.world import LogitOptions

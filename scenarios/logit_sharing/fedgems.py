@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from flaudit.scenarios.config import bounded
+from flaudit.core.tables import bounded
 from flaudit.scenarios.hooks import FLHooks
 from flaudit.scenarios.kinds import register_logit_kind
 from flaudit.scenarios.logit_sharing.base import LabelledPublicOptions, LabelledPublicSimulation, PublicLoss, predict

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from flaudit.scenarios.config import bounded, from_mapping
+from flaudit.core.tables import bounded, from_mapping
 from flaudit.scenarios.datasets import DataOptions, DatasetSplits, ImageDataset, load_dataset
-from flaudit.scenarios.errors import ConfigError
+from flaudit.core.errors import ConfigError
 from flaudit.scenarios.partition import partition_indices
 from flaudit.scenarios.scenario import ClientData, FLWorld, ScenarioConfig, derive_seed, resolve_device
 from flaudit.scenarios.views import PublicSet

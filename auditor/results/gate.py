@@ -1,0 +1,164 @@
+"""``flaudit gate``: did leakage grow from a baseline scorecard to a candidate beyond the
+tolerances? Both must audit the same matrix (same cell ids: scenario/defense/attack labels),
+so a candidate that only changes a defense's strength is compared cell by cell.
+
+A cell regresses when a leakage metric's mean over seeds grows by more than its tolerance,
+when it failed in the candidate (its leakage is unknown), or when an attack that did not apply
+in the baseline applies in the candidate and leaks (risk above none).
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from flaudit.auditor.running.config import GateTolerances
+from flaudit.auditor.results.scorecard import ScorecardError
+from flaudit.auditor.running.store import atomic_write
+from flaudit.core.tables import from_mapping
+
+LISTED = 5  # cell ids named when the matrices differ
+
+
+class MatrixMismatchError(ScorecardError):
+    """The two scorecards audit different cells, so they cannot be compared."""
+
+
+@dataclass(frozen=True)
+class Finding:
+    cell_id: str
+    metric: str
+    baseline: float | None
+    candidate: float | None
+    tolerance: float | None
+    note: str = ""
+
+    @property
+    def delta(self) -> float | None:
+        if self.baseline is None or self.candidate is None:
+            return None
+        return self.candidate - self.baseline
+
+
+@dataclass(frozen=True)
+class GateResult:
+    cells: tuple[Mapping[str, Any], ...]  # the candidate's cells, in order
+    findings: tuple[Finding, ...]
+    tolerances: GateTolerances
+
+    @property
+    def passed(self) -> bool:
+        return not self.findings
+
+
+def tolerances_of(scorecard: Mapping[str, Any]) -> GateTolerances:
+    """The [gate] tolerances recorded in a scorecard (its run's config)."""
+    return from_mapping(GateTolerances, scorecard["audit"]["gate"], "gate")
+
+
+def _mean(cell: Mapping[str, Any], metric: str) -> float | None:
+    stat = (cell["metrics"] or {}).get(metric)
+    return None if stat is None else stat["mean"]
+
+
+def _check_matrix(baseline: Mapping[str, Any], candidate: Mapping[str, Any]) -> None:
+    base = {c["id"] for c in baseline["cells"]}
+    cand = {c["id"] for c in candidate["cells"]}
+    if base == cand:
+        return
+
+    def listed(ids: set[str]) -> str:
+        names = sorted(ids)
+        more = f" (+{len(names) - LISTED} more)" if len(names) > LISTED else ""
+        return ", ".join(names[:LISTED]) + more if names else "none"
+
+    raise MatrixMismatchError(
+        f"the scorecards audit different matrices; only in the baseline: {listed(base - cand)}; "
+        f"only in the candidate: {listed(cand - base)}"
+    )
+
+
+def _cell_findings(base: Mapping[str, Any], cand: Mapping[str, Any], tolerances: GateTolerances) -> list[Finding]:
+    cell_id = cand["id"]
+    if cand["status"] == "error":
+        message = cand["errors"][0]["message"] if cand["errors"] else "failed"
+        return [Finding(cell_id, "status", None, None, None, f"failed in the candidate: {message}")]
+    if cand["status"] == "not_applicable":
+        return []
+    if base["status"] == "not_applicable":
+        if cand["risk"] == "none":
+            return []
+        return [Finding(cell_id, "risk", None, None, None, f"now applicable with risk {cand['risk']} (baseline: {base['reason']})")]
+    findings = []
+    for metric, tolerance in tolerances.items():
+        before, after = _mean(base, metric), _mean(cand, metric)
+        if before is not None and after is not None and after - before > tolerance:
+            findings.append(Finding(cell_id, metric, before, after, tolerance))
+    return findings
+
+
+def compare(baseline: Mapping[str, Any], candidate: Mapping[str, Any], tolerances: GateTolerances) -> GateResult:
+    _check_matrix(baseline, candidate)
+    base_cells = {c["id"]: c for c in baseline["cells"]}
+    findings = [f for cell in candidate["cells"] for f in _cell_findings(base_cells[cell["id"]], cell, tolerances)]
+    return GateResult(tuple(candidate["cells"]), tuple(findings), tolerances)
+
+
+def _fmt(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.4g}" if signed else f"{value:.4g}"
+
+
+def render_table(result: GateResult) -> str:
+    """The offending cells, one row per regressed metric."""
+    header = ("cell", "metric", "baseline", "candidate", "delta", "tolerance", "note")
+    rows = [
+        (f.cell_id, f.metric, _fmt(f.baseline), _fmt(f.candidate), _fmt(f.delta, True), _fmt(f.tolerance), f.note)
+        for f in result.findings
+    ]
+    widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
+    lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() for row in (header, *rows)]
+    return "\n".join(lines)
+
+
+def junit_xml(result: GateResult) -> str:
+    """One test case per cell (classname scenario.defense, name attack); not-applicable cells
+    are skipped, regressed cells fail with their findings."""
+    by_cell: dict[str, list[Finding]] = {}
+    for finding in result.findings:
+        by_cell.setdefault(finding.cell_id, []).append(finding)
+    suite = ET.Element(
+        "testsuite", name="flaudit.gate", tests=str(len(result.cells)), failures=str(len(by_cell)),
+        skipped=str(sum(c["status"] == "not_applicable" for c in result.cells)),
+    )
+    for cell in result.cells:
+        case = ET.SubElement(
+            suite, "testcase", classname=f"{cell['scenario']}.{cell['defense']['label']}", name=cell["attack"]["label"]
+        )
+        if cell["id"] in by_cell:
+            found = by_cell[cell["id"]]
+            summary = "; ".join(
+                f.note or f"{f.metric} {_fmt(f.baseline)} -> {_fmt(f.candidate)} ({_fmt(f.delta, True)} > {_fmt(f.tolerance)})"
+                for f in found
+            )
+            ET.SubElement(case, "failure", message=summary, type="leakage_regression").text = summary
+        elif cell["status"] == "not_applicable":
+            ET.SubElement(case, "skipped", message=cell["reason"] or "not applicable")
+        else:
+            ET.SubElement(case, "system-out").text = f"risk {cell['risk']}"
+    root = ET.Element("testsuites")
+    root.append(suite)
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def write_junit(result: GateResult, path: Path) -> None:
+    atomic_write(path, junit_xml(result))
+
+
+def describe_tolerances(tolerances: GateTolerances) -> str:
+    return ", ".join(f"{name} +{value:g}" for name, value in tolerances.items())
+

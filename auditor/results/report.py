@@ -1,0 +1,227 @@
+"""``DIR/report.html``: one self-contained page (inline CSS, images as base64 PNG) a compliance
+reader can open offline: what was audited, the attack x defense matrix coloured by risk,
+reconstruction grids of the worst cells, privacy-utility plots, failures and the manifest."""
+
+from __future__ import annotations
+
+import base64
+import json
+from html import escape
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from flaudit.auditor.results import risk
+from flaudit.auditor.results.plots import privacy_utility_png
+from flaudit.auditor.results.scorecard import worst_cells
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;max-width:1400px;color:#1d1d1d;padding:0 1rem}
+h1{font-size:1.7rem;margin-bottom:.2rem}h2{border-bottom:2px solid #ddd;padding-bottom:.2rem;margin-top:2.2rem}
+table{border-collapse:collapse;margin:.6rem 0;font-size:.88rem}th,td{border:1px solid #c8c8c8;padding:.3rem .5rem;vertical-align:top}
+th{background:#f1f1f1;text-align:left}td.cell{text-align:center;min-width:5.5rem}.scroll{overflow-x:auto}td.cell b{display:block;text-transform:uppercase;font-size:.78rem;letter-spacing:.04em}
+.muted{color:#666}.small{font-size:.8rem}.chips span{display:inline-block;padding:.25rem .6rem;margin:.15rem;border-radius:.3rem;font-weight:600}
+figure{margin:1rem 0}figure img{max-width:100%;image-rendering:pixelated;border:1px solid #ccc}figcaption{font-size:.85rem;color:#444}
+pre{background:#f6f6f6;padding:.5rem;overflow-x:auto;font-size:.78rem;max-height:18rem}code{font-size:.82rem}
+"""
+
+
+def _png(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+def _pct(stat: Mapping[str, Any] | None) -> str:
+    return "–" if not stat else f"{100 * stat['mean']:.0f}%"
+
+
+def _num(stat: Mapping[str, Any] | None, digits: int = 1, unit: str = "") -> str:
+    if not stat:
+        return "–"
+    text = f"{stat['mean']:.{digits}f}{unit}"
+    if stat.get("ci95"):
+        low, high = stat["ci95"]
+        text += f" <span class=muted>[{low:.{digits}f}, {high:.{digits}f}]</span>"
+    return text
+
+
+def _params(params: Mapping[str, Any]) -> str:
+    return ", ".join(f"{escape(k)}={escape(json.dumps(v))}" for k, v in params.items()) or "defaults"
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    head = "".join(f"<th>{h}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _matrix_cell(cell: Mapping[str, Any]) -> str:
+    colour = risk.COLOURS[cell["risk"]]
+    if cell["status"] == "not_applicable":
+        return f'<td class=cell style="background:{colour}" title="{escape(cell["reason"])}"><b>n/a</b><span class=small>{escape(cell["reason"])}</span></td>'
+    metrics = cell["metrics"] or {}
+    lines = [f"<b>{escape(cell['risk'])}</b>"]
+    if metrics.get("recovery_rate"):
+        lines.append(f"recovered {_pct(metrics['recovery_rate'])}")
+        lines.append(f"PSNR {_num(metrics['psnr_mean'], 1, ' dB')}")
+        lines.append(f"SSIM {_num(metrics['ssim_mean'], 2)}")
+    if metrics.get("label_accuracy"):
+        lines.append(f"labels {_pct(metrics['label_accuracy'])}")
+    if cell["errors"]:
+        message = cell["errors"][0]["message"]
+        lines.append(f'<span class=small title="{escape(message)}">{len(cell["errors"])} seed(s) failed</span>')
+    return f'<td class=cell style="background:{colour}">' + "<br>".join(lines) + "</td>"
+
+
+def _utility_cell(entry: Mapping[str, Any]) -> str:
+    if entry["status"] == "not_applicable":
+        return f'<td class=cell title="{escape(entry["reason"])}"><b>n/a</b><span class=small>{escape(entry["reason"])}</span></td>'
+    return f"<td class=cell>{_num(entry['test_accuracy'], 3)}<br><span class=small>drop {_num(entry['accuracy_drop'], 3)}</span></td>"
+
+
+def _matrix(document: Mapping[str, Any], scenario: str) -> str:
+    cells = {c["id"]: c for c in document["cells"] if c["scenario"] == scenario}
+    audit = document["audit"]
+    defenses = [d["label"] for d in audit["defenses"]]
+    utility = {u["defense"]: u for u in document["utility"] if u["scenario"] == scenario}
+    head = "<th>attack (threat model) \\ defense</th>" + "".join(f"<th>{escape(d)}</th>" for d in defenses)
+    rows = []
+    for attack in audit["attacks"]:
+        found = (cells.get(f"{scenario}/{d}/{attack['label']}") for d in defenses)
+        tds = "".join(_matrix_cell(c) if c else "<td>–</td>" for c in found)
+        rows.append(f"<tr><th>{escape(attack['label'])}<br><span class='muted small'>{escape(attack['threat_model_text'])}</span></th>{tds}</tr>")
+    util = "".join(_utility_cell(utility[d]) if d in utility else "<td>–</td>" for d in defenses)
+    rows.append(f"<tr><th>utility: test accuracy</th>{util}</tr>")
+    if not audit["attacks"]:
+        rows.insert(0, f"<tr><td colspan={len(defenses) + 1}>No attack is registered: only utility was measured.</td></tr>")
+    return f"<div class=scroll><table><tr>{head}</tr>{''.join(rows)}</table></div>"
+
+
+def _legend(document: Mapping[str, Any]) -> str:
+    cut = document["audit"]["risk_thresholds"]
+    rate, labels = cut["recovery_rate"], cut["label_accuracy"]
+    chips = "".join(f'<span style="background:{risk.COLOURS[level]}">{level}</span>' for level in (*risk.LEVELS, risk.UNKNOWN, risk.NOT_APPLICABLE))
+    return (
+        f"<p class=chips>{chips}</p><p class=small>Risk from the recovery rate (share of targets whose matched "
+        f"reconstruction reaches {document['audit']['psnr_threshold']:g} dB PSNR, mean over seeds): low &gt; 0, "
+        f"medium &ge; {rate['medium']:.0%}, high &ge; {rate['high']:.0%}. Label inference by label accuracy: "
+        f"low &ge; {labels['low']:.0%}, medium &ge; {labels['medium']:.0%}, high &ge; {labels['high']:.0%}; "
+        "an attack that yields both is rated by the worse. An attack that returns nothing recovered nothing. "
+        "<i>unknown</i>: every seed failed. Brackets: 95% interval over seeds.</p>"
+    )
+
+
+def _audited(document: Mapping[str, Any]) -> str:
+    audit = document["audit"]
+    scenarios = _table(
+        ["label", "dataset", "model", "clients", "rounds", "local training", "partition", "seeds"],
+        (
+            [
+                escape(s["label"]), escape(str(s["config"]["dataset"])), escape(str(s["config"]["model"])),
+                str(s["config"]["clients"]), str(s["config"]["rounds"]),
+                f"E={s['config']['local_epochs']}, B={s['config']['batch_size']}, lr={s['config']['lr']}",
+                escape(f"{s['config']['partition']}" + (f" (alpha={s['config']['alpha']})" if s["config"].get("alpha") else "")),
+                ", ".join(map(str, s["seeds"])),
+            ]
+            for s in audit["scenarios"]
+        ),
+    )
+    defenses = _table(
+        ["label", "composition (in order) and parameters"],
+        ([escape(d["label"]), "<br>".join(f"<b>{escape(c['name'])}</b>: {_params(c['params'])}" for c in d["components"]) or "no defense (baseline)"] for d in audit["defenses"]),
+    )
+    attacks = _table(
+        ["label", "attack", "threat model", "parameters"],
+        ([escape(a["label"]), escape(a["name"]), escape(a["threat_model_text"]), _params(a["params"])] for a in audit["attacks"]),
+    )
+    if not audit["attacks"]:
+        attacks = "<p>No attack is registered.</p>"
+    return f"<h3>Scenarios</h3>{scenarios}<h3>Defenses</h3>{defenses}<h3>Attacks</h3>{attacks}"
+
+
+def _grids(document: Mapping[str, Any], out: Path, count: int) -> str:
+    parts = []
+    for cell in worst_cells(document["cells"], count):
+        if not cell["artifacts"]:
+            continue
+        path = out / cell["artifacts"][0]["grid"]
+        if not path.is_file():
+            parts.append(f"<p>{escape(cell['id'])}: grid {escape(str(path))} is missing.</p>")
+            continue
+        m = cell["metrics"]
+        caption = (
+            f"<b>{escape(cell['id'])}</b> (seed {cell['artifacts'][0]['seed']}): risk {escape(cell['risk'])}, "
+            f"recovered {_pct(m['recovery_rate'])}, PSNR {_num(m['psnr_mean'], 1, ' dB')}. "
+            "Top row: original client images; bottom row: their matched reconstructions, best-recovered first."
+        )
+        parts.append(f'<figure><img alt="{escape(cell["id"])}" src="{_png(path.read_bytes())}"><figcaption>{caption}</figcaption></figure>')
+    return "".join(parts) or "<p>No cell produced image reconstructions.</p>"
+
+
+def _utility_section(document: Mapping[str, Any], scenario: str) -> str:
+    entries = [u for u in document["utility"] if u["scenario"] == scenario]
+    png = privacy_utility_png(scenario, entries, [c for c in document["cells"] if c["scenario"] == scenario])
+    plot = f'<figure><img alt="privacy-utility {escape(scenario)}" src="{_png(png)}"></figure>' if png else ""
+    rows = []
+    for u in entries:
+        figures = "; ".join(
+            f"{escape(d)}: " + ", ".join(f"{escape(k)}={v['mean']:.4g}" for k, v in f.items() if v)
+            for d, f in u["figures"].items() if f
+        )
+        status = f"n/a: {u['reason']}" if u["status"] == "not_applicable" else u["status"]
+        rows.append([escape(u["defense"]), _num(u["test_accuracy"], 3), _num(u["accuracy_drop"], 3), figures or "–", escape(status)])
+    return plot + _table(["defense", "test accuracy", "drop vs none", "defense figures (mean over seeds)", "status"], rows)
+
+
+def _errors(document: Mapping[str, Any]) -> str:
+    failed = [(c["id"], e) for c in document["cells"] for e in c["errors"]]
+    failed += [(f"{u['scenario']}/{u['defense']} (utility)", e) for u in document["utility"] for e in u["errors"]]
+    if not failed:
+        return "<p>None: every job finished.</p>"
+    return "".join(
+        f"<details><summary><b>{escape(where)}</b> seed {e.get('seed', '?')}: {escape(e['type'])}: {escape(e['message'])}</summary><pre>{escape(e['traceback'])}</pre></details>"
+        for where, e in failed
+    )
+
+
+def _manifest(document: Mapping[str, Any]) -> str:
+    m, audit = document["manifest"], document["audit"]
+    facts = [
+        ("config", f"{escape(audit['source'])} (profile {escape(str(audit['profile']))})"),
+        ("config hash", f"<code>{audit['config_hash']}</code>"),
+        ("seeds", ", ".join(map(str, m["seeds"]))),
+        ("started / finished", f"{m['started']} / {m['finished']} ({m.get('duration_seconds', 0):.0f} s)"),
+        ("executor", f"{escape(m['executor'])}, {m['threads']} thread(s) per job, workers: {m.get('workers') or 'default'}"),
+        ("git commit", escape(str(m["git"]["commit"])) + (" (uncommitted changes)" if m["git"]["dirty"] else "")),
+        ("device", escape(f"{m['device']['cpu']}; CUDA available: {m['device']['cuda_available']} {', '.join(m['device']['gpus'])}")),
+        ("compiled kernels", f"built: {m['extension']['built']}, CUDA kernels: {m['extension']['cuda_kernels']}"),
+        ("python / platform", escape(f"{m['python']} / {m['platform']}")),
+        ("packages", escape(", ".join(f"{k} {v}" for k, v in m["packages"].items()))),
+    ]
+    return _table(["", ""], ([f"<b>{k}</b>", v] for k, v in facts))
+
+
+def render(document: Mapping[str, Any], out: Path) -> str:
+    """The report's HTML; ``out`` is the run folder its artifact paths are relative to."""
+    audit, summary = document["audit"], document["summary"]
+    by_risk = summary["by_risk"]
+    scenarios = [s["label"] for s in audit["scenarios"]]
+    verdict = (
+        f"{summary['cells']} cells: {summary['ok']} scored, {summary['not_applicable']} not applicable, "
+        f"{summary['error']} failed. Risk: high {by_risk['high']}, medium {by_risk['medium']}, "
+        f"low {by_risk['low']}, none {by_risk['none']}."
+    )
+    matrices = "".join(f"<h3>{escape(s)}</h3>{_matrix(document, s)}" for s in scenarios)
+    utility = "".join(f"<h3>{escape(s)}</h3>{_utility_section(document, s)}" for s in scenarios)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>flaudit audit: {escape(audit['name'])}</title>
+<style>{CSS}</style></head><body>
+<h1>Privacy audit: {escape(audit['name'])}</h1>
+<p class=muted>flaudit scorecard {escape(document['schema'])} · {escape(document['manifest']['finished'])} · config {escape(audit['config_hash'][:12])}</p>
+<p id=verdict><b>{escape(verdict)}</b></p>
+<h2>Risk matrix: attack x defense</h2>{_legend(document)}{matrices}
+<h2>Reconstructions of the worst cells</h2>{_grids(document, out, audit["options"]["grid_cells"])}
+<h2>Privacy vs utility</h2>{utility}
+<h2>What was audited</h2>{_audited(document)}
+<h2>Failures</h2>{_errors(document)}
+<h2>Manifest</h2>{_manifest(document)}
+</body></html>
+"""

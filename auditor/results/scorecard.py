@@ -1,0 +1,227 @@
+"""The scorecard (``DIR/scorecard.json``, schema ``flaudit.scorecard/1``): every cell of the
+matrix with its per-seed runs, metrics as means with 95% intervals over seeds, utility with
+and without the defense, risk level and artifacts, plus the environment manifest.
+
+The JSON Schema ships in the package (``auditor/results/schemas/scorecard.schema.json``); every
+scorecard is validated against it when written and when read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+import jsonschema
+
+from flaudit.auditor.results import risk
+from flaudit.auditor.running.config import BASELINE
+from flaudit.core.jsonable import to_json
+from flaudit.auditor.metrics.stats import interval
+from flaudit.core.errors import FlauditError
+
+if TYPE_CHECKING:  # building needs the plan; reading and validating must stay light
+    from flaudit.auditor.running.plan import AuditPlan, Cell
+
+SCHEMA_ID = "flaudit.scorecard/1"
+SCHEMA_FILE = "scorecard.schema.json"
+SCORECARD = "scorecard.json"
+RANGES = {  # natural range of each quantity, for clipping its interval
+    "recovery_rate": (0.0, 1.0), "label_accuracy": (0.0, 1.0), "ssim_mean": (-1.0, 1.0), "psnr_mean": (0.0, math.inf),
+    "psnr_median": (0.0, math.inf), "mse_mean": (0.0, math.inf), "attack_seconds": (0.0, math.inf),
+    "n_targets": (0.0, math.inf), "n_recovered": (0.0, math.inf), "test_accuracy": (0.0, 1.0), "accuracy_drop": (-1.0, 1.0),
+}
+METRICS = (
+    "recovery_rate", "psnr_mean", "psnr_median", "ssim_mean", "mse_mean", "label_accuracy",
+    "attack_seconds", "n_targets", "n_recovered",
+)
+
+
+class ScorecardError(FlauditError):
+    """A scorecard file is missing, not JSON, of another schema, or invalid."""
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict[str, Any]:
+    return json.loads(resources.files("flaudit.auditor.results").joinpath("schemas", SCHEMA_FILE).read_text())
+
+
+def validate(document: Any, where: str = "scorecard") -> None:
+    if not isinstance(document, Mapping):
+        raise ScorecardError(f"{where} is not a JSON object")
+    if document.get("schema") != SCHEMA_ID:
+        raise ScorecardError(f"{where} has schema {document.get('schema')!r}; expected {SCHEMA_ID!r}")
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema()).iter_errors(document))
+    if error is not None:
+        location = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise ScorecardError(f"{where} does not follow {SCHEMA_ID} at {location}: {error.message}")
+
+
+def scorecard_path(path: Path) -> Path:
+    """A run folder or a scorecard file -> the scorecard file."""
+    return path / SCORECARD if path.is_dir() else path
+
+
+def load(path: Path) -> dict[str, Any]:
+    """Reads and validates a scorecard (``path``: the file or its run folder)."""
+    file = scorecard_path(path)
+    try:
+        document = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise ScorecardError(f"scorecard {file} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScorecardError(f"scorecard {file} cannot be read: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ScorecardError(f"scorecard {file} is not valid JSON: {exc}") from None
+    validate(document, f"scorecard {file}")
+    return document
+
+
+# ---- building -------------------------------------------------------------------------------------
+
+
+def _run_entry(seed: int, result: Mapping[str, Any]) -> dict[str, Any]:
+    entry = {"seed": seed, "status": result["status"], "seconds": result.get("seconds", 0.0)}
+    if result["status"] == "ok":
+        entry.update(
+            metrics={k: result["metrics"].get(k) for k in METRICS},
+            attacked_round=result["attacked_round"],
+            target_clients=result["target_clients"],
+            test_accuracy_at_attack=result["test_accuracy_at_attack"],
+            diagnostics=result["diagnostics"],
+            timing=result.get("timing", {}),
+            artifact=result.get("artifact"),
+        )
+    else:
+        entry["error"] = result["error"]
+    return entry
+
+
+def _figures(runs: list[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each defense's own figures (epsilon, ...) over seeds: {defense: {figure: interval}}."""
+    values: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        for defense, figures in run.get("defense_figures", {}).items():
+            for name, value in figures.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    values[defense][name].append(value)
+    return {d: {n: interval(v) for n, v in f.items()} for d, f in values.items()}
+
+
+def _utility(plan: AuditPlan, results: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    by_pair: dict[tuple[str, str], dict[int, Mapping[str, Any]]] = defaultdict(dict)
+    for job in plan.utility_jobs:
+        by_pair[job.scenario_label, job.defense_label][job.scenario.seed] = results[job.key]
+    entries = []
+    for scenario, defense in [(s.label, d.label) for s in plan.config.scenarios for d in plan.defenses]:
+        runs, baseline, reason = by_pair[scenario, defense], by_pair[scenario, BASELINE], plan.rejected.get((scenario, defense))
+        ok = {s: r for s, r in runs.items() if r["status"] == "ok"}
+        accuracy = {s: r["test_accuracy"] for s, r in ok.items()}
+        base = {s: r["test_accuracy"] for s, r in baseline.items() if r["status"] == "ok"}
+        drop = [base[s] - a for s, a in accuracy.items() if s in base and a is not None and base[s] is not None]
+        entries.append({
+            "scenario": scenario,
+            "defense": defense,
+            "status": "not_applicable" if reason else "ok" if len(ok) == len(runs) else "error",
+            "reason": reason,
+            "test_accuracy": interval(accuracy.values(), *RANGES["test_accuracy"]),
+            "baseline_test_accuracy": interval(base.values(), *RANGES["test_accuracy"]),
+            "accuracy_drop": interval(drop, *RANGES["accuracy_drop"]),
+            "figures": _figures(list(ok.values())),
+            "errors": [{"seed": s, **r["error"]} for s, r in runs.items() if r["status"] != "ok"],
+        })
+    return entries
+
+
+def _metrics(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    ok = [r["metrics"] for r in runs if r["status"] == "ok"]
+    if not ok:
+        return None
+    return {name: interval((m.get(name) for m in ok), *RANGES[name]) for name in METRICS}
+
+
+def _cell_entry(cell: Cell, results: Mapping[str, Mapping[str, Any]], utility: Mapping[tuple[str, str], dict]) -> dict:
+    runs = [_run_entry(job.scenario.seed, results[job.key]) for job in cell.jobs]
+    if cell.not_applicable:
+        status, level, metrics = "not_applicable", risk.NOT_APPLICABLE, None
+    else:
+        metrics = _metrics(runs)
+        status = "ok" if all(r["status"] == "ok" for r in runs) else "error"
+        level = risk.risk_level(metrics)
+    use = utility[cell.scenario.label, cell.defense.label]
+    return {
+        "id": cell.cell_id,
+        "scenario": cell.scenario.label,
+        "defense": {**cell.defense.describe(), "figures": use["figures"]},
+        "attack": cell.attack.describe(),
+        "status": status,
+        "reason": cell.not_applicable,
+        "seeds": list(cell.scenario.seeds),
+        "metrics": metrics,
+        "utility": {k: use[k] for k in ("test_accuracy", "baseline_test_accuracy", "accuracy_drop")},
+        "risk": level,
+        "artifacts": [{"seed": r["seed"], "grid": r["artifact"]} for r in runs if r.get("artifact")],
+        "errors": [{"seed": r["seed"], **r["error"]} for r in runs if r["status"] == "error"],
+        "runs": runs,
+    }
+
+
+def _summary(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    counts = {status: sum(c["status"] == status for c in cells) for status in ("ok", "not_applicable", "error")}
+    by_risk = {level: sum(c["risk"] == level for c in cells) for level in (*risk.LEVELS, risk.UNKNOWN, risk.NOT_APPLICABLE)}
+    return {"cells": len(cells), **counts, "by_risk": by_risk, "worst": [c["id"] for c in worst_cells(cells, 5)]}
+
+
+def worst_cells(cells: list[Mapping[str, Any]], count: int) -> list[Mapping[str, Any]]:
+    """Scored cells ordered by leakage: risk, then recovery rate, then mean PSNR."""
+
+    def leakage(cell: Mapping[str, Any]) -> tuple:
+        metrics = cell["metrics"] or {}
+        mean = lambda name: (metrics.get(name) or {}).get("mean", float("-inf"))  # noqa: E731
+        return (risk.rank(cell["risk"]), mean("recovery_rate"), mean("psnr_mean"), mean("label_accuracy"))
+
+    scored = [c for c in cells if c["metrics"]]
+    return sorted(scored, key=leakage, reverse=True)[:count]
+
+
+def _without_seed(config: Any) -> dict[str, Any]:
+    return {k: v for k, v in to_json(config).items() if k != "seed"}
+
+
+def build(plan: AuditPlan, results: Mapping[str, Mapping[str, Any]], manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The scorecard of a finished plan; ``results``: every job's result by job key."""
+    config, options = plan.config, plan.config.options
+    utility_entries = _utility(plan, results)
+    utility = {(u["scenario"], u["defense"]): u for u in utility_entries}
+    cells = [_cell_entry(cell, results, utility) for cell in plan.cells]
+    document = {
+        "schema": SCHEMA_ID,
+        "audit": {
+            "name": options.name,
+            "source": config.source,
+            "profile": config.profile,
+            "options": to_json(options),
+            "config_hash": config.config_hash,
+            "config": to_json(config.document),
+            "psnr_threshold": options.psnr_threshold,
+            "risk_thresholds": risk.thresholds(),
+            "gate": dict(config.gate.items()),
+            "scenarios": [
+                {"label": s.label, "config": _without_seed(s.config), "seeds": list(s.seeds)}
+                for s in config.scenarios
+            ],
+            "defenses": [d.describe() for d in plan.defenses],
+            "attacks": [a.describe() for a in plan.attacks],
+        },
+        "manifest": to_json(manifest),
+        "summary": _summary(cells),
+        "utility": utility_entries,
+        "cells": cells,
+    }
+    document = to_json(document)
+    validate(document)
+    return document

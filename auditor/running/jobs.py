@@ -1,0 +1,245 @@
+"""The jobs of an audit and the units that run them, on any executor.
+
+A ``UtilityJob`` is one (scenario, defense column, seed): FedAvg with an honest server, its
+final test accuracy and the defenses' own figures (epsilon, ...); the ``none`` column is the
+baseline. An ``AttackJob`` is one cell at one seed: the attack gets its threat model's view of
+the attacked round and its output is scored. Jobs are what is stored and resumed; their keys
+digest everything that determines their result.
+
+A ``Unit`` is what an executor runs: one simulation and the jobs it serves. Attacks that do not
+shape the model (no ``prepare`` override) observe the same honest simulation that measures
+utility, so a (scenario, defense, seed) is simulated once however many attacks there are; an
+attack that prepares the server's model gets a simulation of its own. Before each attack the
+global RNGs are re-seeded and the view is copied, so a job's result does not depend on which
+unit ran it. Jobs carry resolved component classes, so a worker needs no registry, and
+``execute`` never raises: failures become results with status ``error``.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from flaudit.auditor.attacks.base import Attack, AttackerKnowledge
+from flaudit.auditor.results.grids import best_pairs, grid_png
+from flaudit.core.jsonable import digest, to_json
+from flaudit.auditor.metrics.scoring import score_output
+from flaudit.auditor.running.threat_views import view_source
+from flaudit.defenses.base import compose
+from flaudit.scenarios.fedavg import RoundRecord
+from flaudit.scenarios.kinds import scenario_kind
+from flaudit.scenarios.scenario import FLWorld, ScenarioConfig, derive_seed
+
+TRACEBACK_CHARS = 2000
+SEED_STREAM = 7  # derive_seed(scenario seed, SEED_STREAM, step) seeds the global RNGs
+SIMULATION_STEP, ATTACK_STEP = 0, 1
+
+
+@dataclass(frozen=True)
+class Component:
+    """A registered attack or defense class with its checked ``Params``."""
+
+    name: str
+    cls: type
+    params: Any
+
+    def build(self) -> Any:
+        return self.cls(self.params)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "params": to_json(self.params)}
+
+
+@dataclass(frozen=True)
+class UtilityJob:
+    kind: ClassVar[str] = "utility"
+    scenario_label: str
+    defense_label: str
+    scenario: ScenarioConfig
+    defenses: tuple[Component, ...]
+    threads: int
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind, "scenario_label": self.scenario_label, "defense_label": self.defense_label,
+            "scenario": to_json(self.scenario), "defenses": [d.describe() for d in self.defenses],
+            "threads": self.threads,
+        }
+
+    @property
+    def key(self) -> str:
+        return f"utility-{digest(self.describe())}"
+
+
+@dataclass(frozen=True)
+class AttackJob:
+    kind: ClassVar[str] = "attack"
+    cell_id: str
+    scenario: ScenarioConfig
+    defenses: tuple[Component, ...]
+    attack: Component
+    attacked_round: int  # resolved, 0-based
+    attacker_client: int | None
+    psnr_threshold: float
+    grid_images: int
+    threads: int
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind, "cell_id": self.cell_id, "scenario": to_json(self.scenario),
+            "defenses": [d.describe() for d in self.defenses], "attack": self.attack.describe(),
+            "attacked_round": self.attacked_round, "attacker_client": self.attacker_client,
+            "psnr_threshold": self.psnr_threshold, "grid_images": self.grid_images, "threads": self.threads,
+        }
+
+    @property
+    def key(self) -> str:
+        return f"attack-{digest(self.describe())}"
+
+    @property
+    def shapes_model(self) -> bool:
+        """True when the attack may prepare the server's model or an adversarial client (then it
+        needs its own run)."""
+        return self.attack.cls.prepare is not Attack.prepare
+
+    def attack_on(
+        self, world: FLWorld, record: RoundRecord, knowledge: AttackerKnowledge, attack: Attack, private_copy: bool
+    ) -> dict[str, Any]:
+        """``private_copy``: hand the attack a copy of the view, because another attack will read
+        the same record after it (an attack may modify what it is given)."""
+        view = view_source(attack.threat_model).view(record, self.attacker_client)
+        view = copy.deepcopy(view) if private_copy else view
+        seed_everything(derive_seed(self.scenario.seed, SEED_STREAM, ATTACK_STEP))
+        began = time.perf_counter()
+        output = attack.reconstruct(view, knowledge)
+        attack_seconds = time.perf_counter() - began
+        scored = score_output(output, world, record.ground_truth, self.psnr_threshold)
+        result = {
+            "status": "ok",
+            "metrics": {**scored.metrics, "attack_seconds": attack_seconds},
+            "attacked_round": self.attacked_round,
+            "target_clients": list(output.target_clients),
+            "diagnostics": to_json(output.diagnostics),
+            "test_accuracy_at_attack": record.test_accuracy,
+        }
+        if scored.matching is not None:
+            t_idx, r_idx = best_pairs(scored.matching, self.grid_images)
+            result["grid_png"] = grid_png(scored.targets[t_idx], scored.reconstructions[r_idx])
+        return result
+
+
+Job = UtilityJob | AttackJob
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One simulation of ``scenario`` under ``defenses`` and the jobs it serves: the utility
+    job (if still to do) and attacks; at most one attack, alone, may shape the model."""
+
+    scenario: ScenarioConfig
+    defenses: tuple[Component, ...]
+    threads: int
+    utility: UtilityJob | None
+    attacks: tuple[AttackJob, ...]
+
+    @property
+    def jobs(self) -> tuple[Job, ...]:
+        return ((self.utility,) if self.utility else ()) + self.attacks
+
+    def run(self) -> list[dict[str, Any]]:
+        kind = scenario_kind(self.scenario.kind)
+        world = kind.build_world(self.scenario)
+        defenses = [d.build() for d in self.defenses]
+        knowledge = AttackerKnowledge.of(world)
+        hooks = compose(defenses, world)
+        attacks = [job.attack.build() for job in self.attacks]
+        prepare_seconds = 0.0
+        if any(job.shapes_model for job in self.attacks):
+            began = time.perf_counter()
+            attacker = self.attacks[0].attacker_client  # None: client 0 (the peer view's default under full participation)
+            hooks.install(attacks[0].prepare(knowledge), 0 if attacker is None else attacker)
+            prepare_seconds = time.perf_counter() - began
+        wanted = {job.attacked_round for job in self.attacks}
+        rounds = self.scenario.rounds if self.utility else max(wanted) + 1
+        simulation, records, accuracies = kind.simulation(world, hooks), {}, []
+        began = time.perf_counter()
+        for round_index in range(rounds):
+            record = simulation.run_round(round_index)
+            accuracies.append(record.test_accuracy)
+            if round_index in wanted:
+                records[round_index] = record
+        timing = {"prepare_seconds": prepare_seconds, "simulation_seconds": time.perf_counter() - began}
+        results = []
+        if self.utility:
+            figures = {d.name: to_json(d.figures()) for d in defenses}
+            results.append({"status": "ok", "test_accuracy": accuracies[-1], "test_accuracy_by_round": accuracies,
+                            "defense_figures": figures, "seconds": timing["simulation_seconds"]})
+        last = {job.attacked_round: i for i, job in enumerate(self.attacks)}
+        for i, (job, attack) in enumerate(zip(self.attacks, attacks)):
+            began = time.perf_counter()
+            try:
+                private_copy = i != last[job.attacked_round]
+                result = job.attack_on(world, records[job.attacked_round], knowledge, attack, private_copy)
+                result["timing"] = timing
+            except Exception as exc:  # noqa: BLE001 - one failing attack must not take the others down
+                result = error_result(exc)
+            results.append({**result, "seconds": time.perf_counter() - began})
+        return results
+
+
+def plan_units(jobs: list[Job]) -> list[Unit]:
+    """Groups jobs into units: per (scenario, defenses, seed), the utility job and the attacks
+    that do not shape the model share one simulation; each model-shaping attack runs alone."""
+    groups: dict[str, dict[str, Any]] = {}
+    alone = []
+    for job in jobs:
+        if isinstance(job, AttackJob) and job.shapes_model:
+            alone.append(Unit(job.scenario, job.defenses, job.threads, None, (job,)))
+            continue
+        key = digest([to_json(job.scenario), [d.describe() for d in job.defenses], job.threads])
+        group = groups.setdefault(key, {"first": job, "utility": None, "attacks": []})
+        if isinstance(job, UtilityJob):
+            group["utility"] = job
+        else:
+            group["attacks"].append(job)
+    shared = [
+        Unit(g["first"].scenario, g["first"].defenses, g["first"].threads, g["utility"], tuple(g["attacks"]))
+        for g in groups.values()
+    ]
+    return shared + alone
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def execute(unit: Unit) -> list[dict[str, Any]]:
+    """Runs ``unit`` with its thread count and seeded RNGs; one result per job, in order. A
+    failed simulation fails every job of the unit."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(unit.threads)
+    seed_everything(derive_seed(unit.scenario.seed, SEED_STREAM, SIMULATION_STEP))
+    began = time.perf_counter()
+    try:
+        results = unit.run()
+    except Exception as exc:  # noqa: BLE001 - a failing unit is recorded and the audit goes on
+        results = [error_result(exc) for _ in unit.jobs]
+    finally:
+        torch.set_num_threads(threads)
+    seconds = time.perf_counter() - began
+    return [{"seconds": seconds, **result} for result in results]
+
+
+def error_result(exc: BaseException) -> dict[str, Any]:
+    text = "".join(traceback.format_exception(exc))
+    error = {"type": type(exc).__name__, "message": str(exc) or type(exc).__name__, "traceback": text[-TRACEBACK_CHARS:]}
+    return {"status": "error", "error": error}

@@ -1,0 +1,78 @@
+"""Runs an audit: plan the matrix, group its jobs into units, run them on an executor with a
+progress bar, persist each job's result as it arrives, then write the scorecard and reports."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from flaudit.auditor.running import catalog as catalogs
+from flaudit.auditor.running.catalog import Catalog
+from flaudit.auditor.running.config import AuditConfig
+from flaudit.auditor.running.executors import ExecutorOptions, check_executor, make_executor
+from flaudit.auditor.running.jobs import plan_units
+from flaudit.auditor.running.manifest import manifest, now
+from flaudit.auditor.results.outputs import write_all
+from flaudit.auditor.running.plan import AuditPlan, build_plan
+from flaudit.auditor.results.scorecard import build
+from flaudit.auditor.running.store import ResultStore
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    out: Path
+    executor: str = "local"
+    address: str | None = None
+    workers: int | None = None
+    resume: bool = False
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class AuditRun:
+    plan: AuditPlan
+    scorecard: dict[str, Any]
+    resumed_jobs: int
+
+
+def run_audit(config: AuditConfig, options: RunOptions, catalog: Catalog | None = None) -> AuditRun:
+    """Checks everything first (config, names, data, executor), then runs the jobs that are not
+    already finished in ``options.out`` (with ``resume``), then writes the outputs."""
+    check_executor(options.executor, options.address, options.workers)
+    plan = build_plan(config, catalog or catalogs.registered())
+    executor = make_executor(
+        options.executor, ExecutorOptions(options.workers, options.address, plan.threads)
+    )
+    store = ResultStore(options.out, options.resume)
+    started, began = now(), time.perf_counter()
+    wanted = {job.key for job in plan.jobs}
+    results = {k: r for k, r in store.finished().items() if k in wanted} if options.resume else {}
+    resumed = len(results)
+    units = plan_units([job for job in plan.jobs if job.key not in results])
+    failed = 0
+    with tqdm(total=len(plan.jobs), initial=resumed, desc="audit jobs", unit="job", disable=not options.progress) as bar:
+        for unit, unit_results in executor.run(units):
+            for job, result in zip(unit.jobs, unit_results, strict=True):
+                results[job.key] = store.save(job, result)
+                failed += result["status"] != "ok"
+            bar.set_postfix(failed=failed, refresh=False)
+            bar.update(len(unit.jobs))
+    facts = manifest(
+        config_hash=config.config_hash,
+        seeds=list(config.seeds),
+        started=started,
+        finished=now(),
+        duration_seconds=time.perf_counter() - began,
+        executor=options.executor,
+        workers=options.workers,
+        threads=plan.threads,
+        resumed_jobs=resumed,
+        registered={"attacks": plan.catalog.attacks.names(), "defenses": plan.catalog.defenses.names()},
+    )
+    document = build(plan, results, facts)
+    write_all(document, options.out)
+    return AuditRun(plan, document, resumed)
