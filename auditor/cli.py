@@ -17,7 +17,7 @@ from flaudit.core.errors import FlauditError
 
 
 def _registries() -> dict[str, object]:
-    from flaudit.auditor.attacks import ATTACKS
+    from flaudit.auditor.attacks.registry import ATTACKS
     from flaudit.defenses.registry import DEFENSES
     from flaudit.scenarios.datasets import DATASETS
     from flaudit.scenarios.kinds import SCENARIO_KINDS
@@ -49,24 +49,13 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from flaudit.auditor.running.config import load_scenario
-    from flaudit.scenarios.fedavg import FedAvgSimulation
-    from flaudit.scenarios.scenario import build_world
+    from flaudit.scenarios.kinds import simulate
 
     overrides = list(args.set)
     if args.data_root is not None:
         overrides.append(f"data_root={json.dumps(str(args.data_root))}")
-    config = load_scenario(args.config, overrides)
-    world = build_world(config)
-    if not args.json:
-        sizes = [len(c.train_indices) for c in world.clients]
-        print(
-            f"{config.dataset} ({len(world.data.train)} train / {len(world.data.test)} test), "
-            f"model {config.model}, {config.clients} clients ({config.partition}, "
-            f"{min(sizes)}-{max(sizes)} samples each), {config.rounds} rounds, "
-            f"E={config.local_epochs}, B={config.batch_size}",
-            file=sys.stderr,
-        )
-    result = FedAvgSimulation(world).run(progress=not args.no_progress)
+    config = load_scenario(args.config, overrides, args.scenario, args.profile)
+    result = simulate(config, progress=not args.no_progress, describe=not args.json)
     if args.json:
         print(json.dumps({"scenario": _scenario_json(config), **result.to_json()}, indent=2))
     else:
@@ -143,8 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_list.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p_list.set_defaults(func=cmd_list)
 
-    p_sim = sub.add_parser("simulate", help="run a FedAvg simulation and report test accuracy")
-    p_sim.add_argument("--config", type=Path, help="TOML file with a [scenario] table")
+    p_sim = sub.add_parser("simulate", help="run a federation (any kind) and report test accuracy")
+    p_sim.add_argument("--config", type=Path, help="TOML file with [scenario] table(s), e.g. an audit config")
+    p_sim.add_argument("--scenario", metavar="LABEL", help="which [[scenario]] to run (default: the first)")
+    p_sim.add_argument("--profile", help="profile overlay of the config (quick, full, ...)")
     p_sim.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a scenario key, e.g. --set rounds=5 (repeatable)")
     p_sim.add_argument("--data-root", type=Path, help="folder holding on-disk datasets")

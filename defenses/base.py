@@ -8,38 +8,21 @@ defenses (e.g. ``dp`` then ``secagg``) into the simulation's ``FLHooks``.
 from __future__ import annotations
 
 from abc import ABC
-from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import ClassVar, Sequence
 
 from torch import nn
 
-from flaudit.core.tables import from_mapping
+from flaudit.core.component import Component
 from flaudit.core.errors import ConfigError
 from flaudit.scenarios.hooks import Aggregator, FLHooks, TrainingWrapper, UpdateTransform
 from flaudit.scenarios.scenario import FLWorld
 
 
-@dataclass(frozen=True)
-class NoParams:
-    """For defenses without parameters."""
-
-
-class Defense(ABC):
+class Defense(Component, ABC):
     """Base of every registered defense; subclasses override the hooks they need."""
 
-    name: ClassVar[str] = ""
-    Params: ClassVar[type] = NoParams
+    kind = "defense"
     hides_individual_updates: ClassVar[bool] = False  # True: the server sees only the aggregate
-    # Named parameter overlays, e.g. {"full": {"iterations": 24000}} for the paper's budgets;
-    # `flaudit run --profile NAME` applies them under the config's own parameters.
-    profiles: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
-
-    def __init__(self, params: Any = None) -> None:
-        self.params = params if params is not None else self.Params()
-
-    @classmethod
-    def from_table(cls, table: Mapping[str, Any]) -> "Defense":
-        return cls(from_mapping(cls.Params, table, f"defense.{cls.name}"))
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """Adapts the initial global model to the defense (identity unless overridden)."""

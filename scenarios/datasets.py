@@ -13,14 +13,14 @@ import pickle
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from flaudit.core.errors import ConfigError, DataNotFoundError, FlauditError
-from flaudit.core.registry import Registry
+from flaudit.core.registry import Registry, callable_plugin
 
 TEST_FRACTION = 0.2  # held-out share of datasets that come without a train/test split
 PATCHES_PER_PHOTO = 256
@@ -77,6 +77,32 @@ class DatasetSplits:
     train: ImageDataset
     test: ImageDataset
 
+    @classmethod
+    def of(cls, name: str, value: Any) -> "DatasetSplits":
+        """``value`` as splits: already ``DatasetSplits``, or what a plugin factory may return
+        instead, ``((train_images, train_labels), (test_images, test_labels))`` as tensors or
+        arrays (uint8 images are scaled to [0, 1]; classes are named by their index)."""
+        if isinstance(value, DatasetSplits):
+            return value
+        try:
+            (train_images, train_labels), (test_images, test_labels) = value
+        except (TypeError, ValueError):
+            raise FlauditError(
+                f"dataset {name!r} returned {type(value).__name__}; expected DatasetSplits or "
+                "((train_images, train_labels), (test_images, test_labels))"
+            ) from None
+        labels = [torch.as_tensor(train_labels).long(), torch.as_tensor(test_labels).long()]
+        count = int(max(l.max() for l in labels if l.numel())) + 1 if any(l.numel() for l in labels) else 0
+        classes = tuple(str(i) for i in range(count))
+        parts = [ImageDataset(name, _unit_float(images), part_labels, classes)
+                 for images, part_labels in zip((train_images, test_images), labels)]
+        return cls(*parts)
+
+
+def _unit_float(images: Any) -> torch.Tensor:
+    tensor = torch.as_tensor(images)
+    return tensor.float().div(255) if tensor.dtype == torch.uint8 else tensor.float().contiguous()
+
 
 @dataclass(frozen=True)
 class DataOptions:
@@ -95,11 +121,17 @@ class DataOptions:
 
 
 Loader = Callable[[DataOptions], DatasetSplits]
-DATASETS: Registry[Loader] = Registry("dataset")
+DATASETS: Registry[Loader] = Registry("dataset", plugins="flaudit.datasets", accept=callable_plugin("dataset"))
 
 
 def load_dataset(name: str, options: DataOptions = DataOptions()) -> DatasetSplits:
-    splits = DATASETS.get(name)(options)
+    loader = DATASETS.get(name)
+    try:
+        splits = DatasetSplits.of(name, loader(options))
+    except Exception as exc:
+        if isinstance(exc, FlauditError) or not DATASETS.is_plugin(name):
+            raise
+        raise FlauditError(f"dataset plugin {name!r} failed: {type(exc).__name__}: {exc}") from exc
     for part in (splits.train, splits.test):
         part.validate()
     if (splits.train.classes, splits.train.image_shape) != (splits.test.classes, splits.test.image_shape):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -42,6 +42,10 @@ class RoundRecord:
     @property
     def round_index(self) -> int:
         return self.server_view.round_index
+
+    @property
+    def participants(self) -> tuple[int, ...]:
+        return self.server_view.participants
 
     def peer_view(self, client_id: int, participants_known: bool = True) -> PeerView:
         view = self.server_view
@@ -87,6 +91,24 @@ class SimulationResult:
 
 
 Observer = Callable[[RoundRecord], None]
+
+
+def run_rounds(simulation: Any, rounds: int, observers: Iterable[Callable[[Any], None]] = (),
+               progress: bool = True, desc: str = "rounds") -> SimulationResult:
+    """Runs ``rounds`` rounds of any kind's simulation (its ``run_round(i)`` returns a record
+    with ``participants`` and ``test_accuracy``), telling each observer every record."""
+    observers = list(observers)
+    result = SimulationResult()
+    bar = tqdm(range(rounds), desc=desc, unit="round", disable=not progress)
+    for round_index in bar:
+        began = time.perf_counter()
+        record = simulation.run_round(round_index)
+        for observe in observers:
+            observe(record)
+        result.rounds.append(RoundSummary(round_index, record.participants, record.test_accuracy,
+                                          time.perf_counter() - began))
+        bar.set_postfix(test_acc=f"{record.test_accuracy:.3f}")
+    return result
 
 
 class FedAvgSimulation:
@@ -155,20 +177,6 @@ class FedAvgSimulation:
         return RoundRecord(view, after, own_updates, traces, accuracy(after, test.images, test.labels), train)
 
     def run(self, observers: Iterable[Observer] = (), progress: bool = True) -> SimulationResult:
-        observers = list(observers)
-        result = SimulationResult()
-        bar = tqdm(range(self.world.config.rounds), desc="FedAvg rounds", unit="round",
-                   disable=not progress)
-        for round_index in bar:
-            began = time.perf_counter()
-            record = self.run_round(round_index)
-            for observe in observers:
-                observe(record)
-            summary = RoundSummary(
-                round_index, record.server_view.participants, record.test_accuracy,
-                time.perf_counter() - began,
-            )
-            result.rounds.append(summary)
-            bar.set_postfix(test_acc=f"{record.test_accuracy:.3f}")
+        result = run_rounds(self, self.world.config.rounds, observers, progress, "FedAvg rounds")
         result.model = self.model
         return result

@@ -8,18 +8,19 @@ attacks) apply: update-sharing FedAvg shows the server updates, the FedMD family
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import Any, Callable, Protocol
 
 from flaudit.core.errors import ConfigError
-from flaudit.scenarios.fedavg import FedAvgSimulation
+from flaudit.scenarios.fedavg import FedAvgSimulation, SimulationResult, run_rounds
 from flaudit.scenarios.hooks import FLHooks
+from flaudit.scenarios.logit_sharing.dsfl import DSFL
+from flaudit.scenarios.logit_sharing.fedgems import FedGEMS
+from flaudit.scenarios.logit_sharing.fedmd import FedMD
 from flaudit.core.registry import Registry
 from flaudit.scenarios.scenario import FLWorld, ScenarioConfig, build_world
 from flaudit.scenarios.views import LogitView, PeerView, ServerView
-
-if TYPE_CHECKING:  # the logit kinds import this module to register themselves
-    from flaudit.scenarios.logit_sharing.base import LogitSharingSimulation
 
 
 class Simulation(Protocol):
@@ -62,11 +63,25 @@ SCENARIO_KINDS.register("fedavg", "FedAvg: clients share parameter updates")(
     ScenarioKind(_fedavg_world, FedAvgSimulation, frozenset({ServerView, PeerView}))
 )
 
+for protocol in (DSFL, FedGEMS, FedMD):  # the logit-sharing kinds
+    SCENARIO_KINDS.register(protocol.kind, protocol.summary)(
+        ScenarioKind(protocol.build_world, protocol, frozenset({LogitView}), protocol.rejects)
+    )
 
-def register_logit_kind(name: str, summary: str, build: Callable[[ScenarioConfig], FLWorld],
-                        simulation: type[LogitSharingSimulation]) -> None:
-    SCENARIO_KINDS.register(name, summary)(ScenarioKind(build, simulation, frozenset({LogitView}), simulation.rejects))
 
-
-# Logit-sharing kinds (each import registers its kind):
-from flaudit.scenarios.logit_sharing import dsfl, fedgems, fedmd  # noqa: E402,F401
+def simulate(config: ScenarioConfig, hooks: FLHooks | None = None, progress: bool = False,
+             describe: bool = False) -> SimulationResult:
+    """Runs the federation ``config`` describes, of any kind, for its rounds (no attack);
+    ``describe`` first prints its data, model and clients on stderr."""
+    kind = scenario_kind(config.kind)
+    world = kind.build_world(config)
+    if describe:
+        sizes = [len(c.train_indices) for c in world.clients]
+        print(f"{config.kind}: {config.dataset} ({len(world.data.train)} train / {len(world.data.test)} test), "
+              f"model {config.model}, {config.clients} clients ({config.partition}, "
+              f"{min(sizes)}-{max(sizes)} samples each), {config.rounds} rounds, "
+              f"E={config.local_epochs}, B={config.batch_size}", file=sys.stderr)
+    simulation = kind.simulation(world, hooks or FLHooks())
+    result = run_rounds(simulation, config.rounds, progress=progress, desc=f"{config.kind} rounds")
+    result.model = getattr(simulation, "model", None)
+    return result

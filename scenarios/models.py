@@ -13,13 +13,13 @@ import torch
 from torch import nn
 from torchvision.models import resnet18 as torchvision_resnet18
 
-from flaudit.core.errors import ConfigError
-from flaudit.core.registry import Registry, check_options
+from flaudit.core.errors import ConfigError, FlauditError
+from flaudit.core.registry import Registry, callable_plugin, check_options
 
 ImageShape = tuple[int, int, int]
 ModelBuilder = Callable[..., nn.Module]
 
-MODELS: Registry[ModelBuilder] = Registry("model")
+MODELS: Registry[ModelBuilder] = Registry("model", plugins="flaudit.models", accept=callable_plugin("model"))
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -114,4 +114,12 @@ def build_model(name: str, shape: ImageShape, num_classes: int, **options: Any) 
     """Builds a registered model, rejecting options its builder does not take."""
     builder = MODELS.get(name)
     check_options("model", name, builder, options, positional=2)
-    return builder(shape, num_classes, **options)
+    if not MODELS.is_plugin(name):
+        return builder(shape, num_classes, **options)
+    try:
+        model = builder(shape, num_classes, **options)
+    except Exception as exc:
+        raise FlauditError(f"model plugin {name!r} failed: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(model, nn.Module):
+        raise FlauditError(f"model plugin {name!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model

@@ -20,7 +20,7 @@ import pytest
 import torch
 from torch import nn
 
-from flaudit.auditor.attacks import ATTACKS
+from flaudit.auditor.attacks.registry import ATTACKS
 from flaudit.auditor.attacks.base import AttackerKnowledge
 from flaudit.auditor.attacks.cpa import CocktailPartyAttack, CpaParams, FirstLinearInput, rescale, to_unit_range
 from flaudit.auditor.attacks.toolkit.unmixing import UnmixingSettings, sign_violation, unmix, whiten

@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from flaudit.auditor.attacks import ATTACKS
+from flaudit.auditor.attacks.registry import ATTACKS
 from flaudit.auditor.attacks.base import AttackerKnowledge
 from flaudit.auditor.attacks.inverting_gradients import IgParams, invert_update
 from flaudit.auditor.metrics.scoring import score

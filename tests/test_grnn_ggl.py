@@ -13,7 +13,7 @@ import statistics
 import pytest
 import torch
 
-from flaudit.auditor.attacks import ATTACKS
+from flaudit.auditor.attacks.registry import ATTACKS
 from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput
 from flaudit.auditor.attacks.toolkit.generators import DecoderSpec, ImageGenerator, trained_decoder
 from flaudit.auditor.attacks.ggl import Ggl, GglParams

@@ -1,19 +1,5 @@
-"""The attack registry: ``name -> Attack class``, one module per attack family.
+"""Attacks, one module per family; ``registry.ATTACKS`` names them (``flaudit list``).
 
-Family modules register themselves with ``register_attack``; they are imported at the bottom
-of this file, so importing ``auditor.attacks`` fills ATTACKS.
+Their shared machinery (local-update simulation, label counts, imprint algebra, image priors,
+generators, inversion nets, threat-model bases) lives in ``toolkit/``.
 """
-
-from __future__ import annotations
-
-from flaudit.core.registry import Registry
-
-ATTACKS: Registry[type] = Registry("attack")
-register_attack = ATTACKS.register_class  # class decorator: registers and sets ``name``
-
-
-# Attack families (each import registers its attacks):
-from flaudit.auditor.attacks import rtf, scale_mia  # noqa: E402,F401  (malicious server)
-from flaudit.auditor.attacks import cpa, dlf, dlg, ggl, grnn, inverting_gradients, label_inference  # noqa: E402,F401  (honest server)
-from flaudit.auditor.attacks import dmgan, peer  # noqa: E402,F401  (curious client)
-from flaudit.auditor.attacks import logit_inversion  # noqa: E402,F401  (logit-sharing server)

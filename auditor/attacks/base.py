@@ -13,12 +13,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar, Sequence
 
 import torch
 
-from flaudit.defenses.base import Defense, NoParams
-from flaudit.core.tables import from_mapping
+from flaudit.core.component import Component
+from flaudit.defenses.base import Defense
 from flaudit.scenarios.datasets import ImageDataset
 from flaudit.scenarios.hooks import AdversarialClient, ServerModelHook
 from flaudit.scenarios.scenario import FLWorld, ScenarioConfig, resolve_device
@@ -75,23 +75,12 @@ class AttackOutput:
     represents: torch.Tensor | None = None
 
 
-class Attack(ABC):
+class Attack(Component, ABC):
     """Base of every registered attack."""
 
-    name: ClassVar[str] = ""
+    kind = "attack"
     threat_model: ClassVar[ThreatModel]
-    Params: ClassVar[type] = NoParams
     needs_individual_updates: ClassVar[bool] = False
-    # Named parameter overlays, e.g. {"full": {"iterations": 24000}} for the paper's budgets;
-    # `flaudit run --profile NAME` applies them under the config's own parameters.
-    profiles: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
-
-    def __init__(self, params: Any = None) -> None:
-        self.params = params if params is not None else self.Params()
-
-    @classmethod
-    def from_table(cls, table: Mapping[str, Any]) -> "Attack":
-        return cls(from_mapping(cls.Params, table, f"attack.{cls.name}"))
 
     def not_applicable(self, scenario: ScenarioConfig, defenses: Sequence[Defense]) -> str | None:
         """Why this attack's threat model does not fit the setting, or None if it does."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from flaudit.auditor.attacks import register_attack
+from flaudit.auditor.attacks.registry import register_attack
 from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput
 from flaudit.auditor.attacks.toolkit.feature_inversion import InversionSettings, invert_features
 from flaudit.auditor.attacks.toolkit.honest_server import HonestServerAttack

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from flaudit.auditor.attacks import register_attack
+from flaudit.auditor.attacks.registry import register_attack
 from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput
 from flaudit.auditor.attacks.toolkit.honest_server import HonestServerAttack
 from flaudit.auditor.attacks.label_inference import inferred_counts, labels_from_counts, round_counts

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from flaudit.auditor.attacks import register_attack
+from flaudit.auditor.attacks.registry import register_attack
 from flaudit.auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput, ThreatModel
 from flaudit.auditor.attacks.toolkit.curious_client import needs_full_participation, peers
 from flaudit.auditor.attacks.toolkit.generators import ImageGenerator

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from flaudit.auditor.attacks import register_attack
+from flaudit.auditor.attacks.registry import register_attack
 from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput
 from flaudit.auditor.attacks.toolkit.generators import ConditionalDecoder, DecoderSpec, trained_decoder, untrained_decoder
 from flaudit.auditor.attacks.toolkit.honest_server import HonestServerAttack

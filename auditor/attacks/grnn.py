@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from flaudit.auditor.attacks import register_attack
+from flaudit.auditor.attacks.registry import register_attack
 from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput
 from flaudit.auditor.attacks.toolkit.generators import ImageGenerator
 from flaudit.auditor.attacks.toolkit.honest_server import HonestServerAttack

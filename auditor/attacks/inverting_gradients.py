@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import trange
 
-from flaudit.auditor.attacks import register_attack
+from flaudit.auditor.attacks.registry import register_attack
 from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput
 from flaudit.auditor.attacks.toolkit.honest_server import HonestServerAttack
 from flaudit.auditor.attacks.label_inference import inferred_labels

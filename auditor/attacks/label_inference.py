@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from flaudit.auditor.attacks import register_attack
+from flaudit.auditor.attacks.registry import register_attack
 from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput
 from flaudit.auditor.attacks.toolkit.honest_server import HonestServerAttack
 from flaudit.auditor.attacks.toolkit.imprint import gradient_estimate, local_steps, momentum_coefficients

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flaudit.auditor.attacks import register_attack
+from flaudit.auditor.attacks.registry import register_attack
 from flaudit.auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput, ThreatModel
 from flaudit.auditor.attacks.toolkit.inversion_net import Anchor, fit, pick_distinct, train_inversion
 from flaudit.core.tables import bounded

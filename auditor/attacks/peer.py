@@ -32,7 +32,7 @@ from typing import Callable, Literal, Sequence
 import torch
 from torch import Tensor
 
-from flaudit.auditor.attacks import register_attack
+from flaudit.auditor.attacks.registry import register_attack
 from flaudit.auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput, ThreatModel
 from flaudit.auditor.attacks.toolkit.curious_client import needs_full_participation, peers
 from flaudit.auditor.attacks.inverting_gradients import IgParams, invert_update

@@ -25,7 +25,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from flaudit.auditor.attacks import register_attack
+from flaudit.auditor.attacks.registry import register_attack
 from flaudit.auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput, ThreatModel
 from flaudit.auditor.attacks.toolkit.imprint import (
     ImprintBlock,

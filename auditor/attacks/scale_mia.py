@@ -36,7 +36,7 @@ from torch import nn
 from torchvision.models import ResNet
 from tqdm.auto import tqdm
 
-from flaudit.auditor.attacks import register_attack
+from flaudit.auditor.attacks.registry import register_attack
 from flaudit.auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput, ThreatModel
 from flaudit.auditor.attacks.toolkit.imprint import (
     gradient_estimate,

@@ -1,14 +1,16 @@
 """The registries an audit draws its attacks and defenses from.
 
-``registered()`` imports every attack and defense family, so a newly added module is audited
-with no change here; tests hand the planner their own ``Catalog`` instead.
+``registered()`` is every built-in and plugin attack and defense; tests hand the planner
+their own ``Catalog`` instead.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from flaudit.auditor.attacks.registry import ATTACKS
 from flaudit.core.registry import Registry
+from flaudit.defenses.registry import DEFENSES
 
 
 @dataclass(frozen=True)
@@ -18,8 +20,4 @@ class Catalog:
 
 
 def registered() -> Catalog:
-    import flaudit.defenses  # noqa: F401  (fills DEFENSES)
-    from flaudit.auditor.attacks import ATTACKS
-    from flaudit.defenses.registry import DEFENSES
-
     return Catalog(ATTACKS, DEFENSES)

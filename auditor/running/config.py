@@ -23,7 +23,6 @@ from flaudit.core.tables import bounded, from_mapping, read_toml
 from flaudit.core.errors import ConfigError
 from flaudit.scenarios.scenario import ScenarioConfig
 
-KNOWN_TABLES = ("scenario",)
 AUDIT_TABLES = ("audit", "scenario", "defense", "attack", "gate", "profile")
 BASELINE = "none"  # the defense label of the undefended run, always part of the matrix
 WILDCARD = "*"  # [[attack]] / [[defense]] name = "*": every registered one, with its defaults
@@ -42,25 +41,6 @@ def parse_override(text: str) -> tuple[str, Any]:
     except tomllib.TOMLDecodeError:
         value = raw.strip()
     return key, value
-
-
-def scenario_from_document(document: Mapping[str, Any], overrides: Iterable[str] = ()) -> ScenarioConfig:
-    unknown = sorted(set(document) - set(KNOWN_TABLES))
-    if unknown:
-        raise ConfigError(
-            f"unknown top-level table or key {unknown[0]!r}; known: {', '.join(KNOWN_TABLES)}"
-        )
-    table = document.get("scenario", {})
-    if not isinstance(table, Mapping):
-        raise ConfigError(f"[scenario] must be a table, got {table!r}")
-    table = {**table, **dict(parse_override(o) for o in overrides)}
-    return from_mapping(ScenarioConfig, table, "scenario")
-
-
-def load_scenario(path: Path | None, overrides: Iterable[str] = ()) -> ScenarioConfig:
-    """The scenario of config file ``path`` (defaults when None), with overrides applied."""
-    document = read_toml(path) if path is not None else {}
-    return scenario_from_document(document, overrides)
 
 
 # ---- the audit config ---------------------------------------------------------------------------
@@ -351,6 +331,31 @@ def load_audit(path: Path | None, profile: str | None = None) -> AuditConfig:
     if path is None:
         return audit_from_document(tomllib.loads(default_audit_text()), "<embedded default>", profile)
     return audit_from_document(read_toml(path), str(path), profile)
+
+
+def load_scenario(path: Path | None, overrides: Iterable[str] = (), label: str | None = None,
+                  profile: str | None = None) -> ScenarioConfig:
+    """One federation of config file ``path`` (``flaudit simulate``): the same ``[scenario]``
+    tables as ``flaudit run`` reads (``seeds``, ``label``, ``profiles``, any kind), with the
+    ``--set`` overrides applied to each; ``label`` picks one of several (default: the first),
+    which runs with its first seed. Without a file, the default ``ScenarioConfig``."""
+    document = dict(read_toml(path)) if path is not None else {}
+    changes = dict(parse_override(o) for o in overrides)
+    if changes:
+        tables = _tables(document, "scenario") or [{}]
+        if "seed" in changes:  # an override's seed replaces the file's seeds
+            tables = [{k: v for k, v in t.items() if k != "seeds"} for t in tables]
+        scenario = [{**t, **changes} for t in tables]
+        document["scenario"] = scenario[0] if len(scenario) == 1 else scenario
+    config = audit_from_document(document, str(path), profile)
+    specs = {spec.label: spec for spec in config.scenarios}
+    if label is None:
+        spec = config.scenarios[0]
+    elif label in specs:
+        spec = specs[label]
+    else:
+        raise ConfigError(f"no [[scenario]] is labelled {label!r}; this config has: {', '.join(specs)}")
+    return spec.config.replace(seed=spec.seeds[0])
 
 
 def load_gate(path: Path) -> GateTolerances:

@@ -44,6 +44,10 @@ class LogitRoundRecord:
     def round_index(self) -> int:
         return self.logit_view.round_index
 
+    @property
+    def participants(self) -> tuple[int, ...]:
+        return tuple(sorted(self.logit_view.client_logits))
+
 
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -60,6 +64,7 @@ class LogitSharingSimulation(ABC):
     """Runs a logit-sharing protocol on a ``LogitWorld``; ``run_round`` gives its records."""
 
     kind: ClassVar[str]
+    summary: ClassVar[str]  # one line for `flaudit list`
     Options: ClassVar[type] = LogitOptions
     labelled_public: ClassVar[bool] = True
 

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 import torch
 
 from flaudit.core.tables import bounded
-from flaudit.scenarios.kinds import register_logit_kind
 from flaudit.scenarios.logit_sharing.base import LogitSharingSimulation, PublicLoss
 from flaudit.scenarios.logit_sharing.world import LogitOptions
 
@@ -30,6 +29,7 @@ def entropy_reduction_aggregate(logits: list[torch.Tensor], temperature: float) 
 
 class DSFL(LogitSharingSimulation):
     kind = "dsfl"
+    summary = "DS-FL: unlabelled public set, entropy-reduction aggregation"
     Options = DSFLOptions
     labelled_public = False
 
@@ -43,6 +43,3 @@ class DSFL(LogitSharingSimulation):
 
         return soft_cross_entropy
 
-
-register_logit_kind("dsfl", "DS-FL: unlabelled public set, entropy-reduction aggregation",
-                    DSFL.build_world, DSFL)

@@ -19,7 +19,6 @@ import torch.nn.functional as F
 
 from flaudit.core.tables import bounded
 from flaudit.scenarios.hooks import FLHooks
-from flaudit.scenarios.kinds import register_logit_kind
 from flaudit.scenarios.logit_sharing.base import LabelledPublicOptions, LabelledPublicSimulation, PublicLoss, predict
 from flaudit.scenarios.logit_sharing.world import LogitWorld
 from flaudit.scenarios.models import build_model
@@ -56,6 +55,7 @@ def kl_to(teacher_probs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
 
 class FedGEMS(LabelledPublicSimulation):
     kind = "fedgems"
+    summary = "FedGEMS: larger server model, selective knowledge fusion"
     Options = FedGEMSOptions
 
     def __init__(self, world: LogitWorld, hooks: FLHooks | None = None) -> None:
@@ -105,6 +105,3 @@ class FedGEMS(LabelledPublicSimulation):
 
         return loss
 
-
-register_logit_kind("fedgems", "FedGEMS: larger server model, selective knowledge fusion",
-                    FedGEMS.build_world, FedGEMS)

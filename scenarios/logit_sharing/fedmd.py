@@ -7,12 +7,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from flaudit.scenarios.kinds import register_logit_kind
 from flaudit.scenarios.logit_sharing.base import LabelledPublicSimulation, PublicLoss
 
 
 class FedMD(LabelledPublicSimulation):
     kind = "fedmd"
+    summary = "FedMD: labelled public set, mean of the logits, L1 distillation"
 
     def aggregate(self, round_index: int, logits: dict[int, torch.Tensor]) -> torch.Tensor:
         return torch.stack(list(logits.values())).mean(0)
@@ -20,6 +20,3 @@ class FedMD(LabelledPublicSimulation):
     def distillation_loss(self, consensus: torch.Tensor) -> PublicLoss:
         return lambda outputs, rows: F.l1_loss(outputs, consensus[rows.cpu()].to(outputs.device))
 
-
-register_logit_kind("fedmd", "FedMD: labelled public set, mean of the logits, L1 distillation",
-                    FedMD.build_world, FedMD)
