@@ -86,14 +86,22 @@ setup(
     package_data={"flaudit.auditor.results": ["schemas/*.json"], "flaudit.auditor.running": ["default_audit.toml"]},
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExt.with_options(use_ninja=True)},
+    # Every runtime import (tests/test_packaging.py checks); versions are pinned in constraints.txt.
     install_requires=[
+        "cma",
+        "cryptography",
+        "jsonschema",
+        "matplotlib",
+        "numpy",
+        "opacus",
+        "pillow",
+        "scikit-image",
+        "scikit-learn",
+        "scipy",
         "torch",
         "torchvision",
-        "numpy",
-        "scipy",
-        "scikit-learn",
-        "scikit-image",
         "tqdm",
     ],
+    extras_require={"ray": ["ray"]},  # the ray executor
     entry_points={"console_scripts": ["flaudit=flaudit.auditor.cli:main"]},
 )
