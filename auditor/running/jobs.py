@@ -27,10 +27,10 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from flaudit.auditor.attacks.base import Attack, AttackerKnowledge
+from flaudit.auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput
 from flaudit.auditor.results.grids import best_pairs, grid_png
 from flaudit.core.jsonable import digest, to_json
-from flaudit.auditor.metrics.scoring import score_output
+from flaudit.auditor.metrics.scoring import AttackOutputError, score_output
 from flaudit.auditor.running.threat_views import view_source
 from flaudit.defenses.base import compose
 from flaudit.scenarios.fedavg import RoundRecord
@@ -119,6 +119,8 @@ class AttackJob:
         seed_everything(derive_seed(self.scenario.seed, SEED_STREAM, ATTACK_STEP))
         began = time.perf_counter()
         output = attack.reconstruct(view, knowledge)
+        if not isinstance(output, AttackOutput):
+            raise AttackOutputError(f"reconstruct returned {type(output).__name__}, not an AttackOutput")
         attack_seconds = time.perf_counter() - began
         scored = score_output(output, world, record.ground_truth, self.psnr_threshold)
         result = {
@@ -189,7 +191,7 @@ class Unit:
                 result = job.attack_on(world, records[job.attacked_round], knowledge, attack, private_copy)
                 result["timing"] = timing
             except Exception as exc:  # noqa: BLE001 - one failing attack must not take the others down
-                result = error_result(exc)
+                result = error_result(exc, plugin_origin(attack))
             results.append({**result, "seconds": time.perf_counter() - began})
         return results
 
@@ -239,7 +241,19 @@ def execute(unit: Unit) -> list[dict[str, Any]]:
     return [{"seconds": seconds, **result} for result in results]
 
 
-def error_result(exc: BaseException) -> dict[str, Any]:
+def plugin_origin(component: Any) -> str | None:
+    """"attack plugin 'pkg.mod:Cls'" for a component defined outside flaudit, else None: its
+    errors are the user's to fix, so they name it."""
+    cls = type(component)
+    if cls.__module__.split(".")[0] == "flaudit":
+        return None
+    return f"{component.kind} plugin {component.name!r} ({cls.__module__}.{cls.__qualname__})"
+
+
+def error_result(exc: BaseException, origin: str | None = None) -> dict[str, Any]:
     text = "".join(traceback.format_exception(exc))
-    error = {"type": type(exc).__name__, "message": str(exc) or type(exc).__name__, "traceback": text[-TRACEBACK_CHARS:]}
+    message = str(exc) or type(exc).__name__
+    if origin is not None:
+        message = f"{origin}: {message}"
+    error = {"type": type(exc).__name__, "message": message, "traceback": text[-TRACEBACK_CHARS:]}
     return {"status": "error", "error": error}

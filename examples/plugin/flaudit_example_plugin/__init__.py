@@ -1,0 +1,2 @@
+"""Example flaudit plugins (see docs/plugins.md): ``models.wide_mlp``, ``datasets.textures``,
+``attacks.RowRatio``."""
