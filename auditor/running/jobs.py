@@ -31,7 +31,7 @@ from flaudit.auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput
 from flaudit.auditor.results.grids import best_pairs, grid_png
 from flaudit.core.jsonable import digest, to_json
 from flaudit.auditor.metrics.scoring import AttackOutputError, score_output
-from flaudit.auditor.running.threat_views import view_source
+from flaudit.auditor.running.threat_views import view_of
 from flaudit.defenses.base import compose
 from flaudit.scenarios.fedavg import RoundRecord
 from flaudit.scenarios.kinds import scenario_kind
@@ -114,7 +114,7 @@ class AttackJob:
     ) -> dict[str, Any]:
         """``private_copy``: hand the attack a copy of the view, because another attack will read
         the same record after it (an attack may modify what it is given)."""
-        view = view_source(attack.threat_model).view(record, self.attacker_client)
+        view = view_of(attack.threat_model, record, self.attacker_client)
         view = copy.deepcopy(view) if private_copy else view
         seed_everything(derive_seed(self.scenario.seed, SEED_STREAM, ATTACK_STEP))
         began = time.perf_counter()

@@ -17,7 +17,7 @@ from flaudit.auditor.attacks.base import ThreatModel
 from flaudit.auditor.running.catalog import Catalog
 from flaudit.auditor.running.config import WILDCARD, AttackSpec, AuditConfig, ComponentSpec, DefenseSpec, ScenarioSpec
 from flaudit.auditor.running.jobs import AttackJob, Component, UtilityJob
-from flaudit.auditor.running.threat_views import kind_mismatch, view_source
+from flaudit.auditor.running.threat_views import kind_mismatch
 from flaudit.defenses.base import compose
 from flaudit.core.errors import ConfigError, FlauditError, UnknownNameError
 from flaudit.core.registry import Registry
@@ -151,7 +151,7 @@ def _preflight(scenario: ScenarioSpec, defenses: tuple[DefenseColumn, ...]) -> d
 
 
 def _not_applicable(row: AttackRow, scenario: ScenarioSpec, column: DefenseColumn) -> str | None:
-    unavailable = kind_mismatch(row.threat_model, scenario.config.kind) or view_source(row.threat_model).unavailable
+    unavailable = kind_mismatch(row.threat_model, scenario.config.kind)
     if unavailable:
         return unavailable
     attack = row.component.build()
