@@ -69,6 +69,16 @@ class Tensor(Guess):
 
 class NotAnAttack:
     pass
+
+from flaudit.defenses.base import Defense
+
+class Failing:
+    def transform(self, client_id, round_index, update, layout):
+        raise ValueError("cannot clip")
+
+class Breaks(Defense):
+    def update_transform(self, world):
+        return Failing()
 '''
 
 
@@ -79,9 +89,10 @@ def plugins(tmp_path, monkeypatch):
     return "my_plugins"
 
 
-def _audit(tmp_path, attacks, model="my_plugins:tiny"):
+def _audit(tmp_path, attacks, model="my_plugins:tiny", defenses=()):
     config = tmp_path / "audit.toml"
     tables = "".join(f'[[attack]]\nname = "{a}"\n' for a in attacks)
+    tables += "".join(f'[[defense]]\nname = "{d}"\n' for d in defenses)
     config.write_text(textwrap.dedent(f'''
         [scenario]
         dataset = "my_plugins:noise_data"
@@ -130,6 +141,17 @@ def test_failing_plugins_are_cell_errors_naming_them(plugins, tmp_path, capsys):
     for cls, text in expected.items():
         message = cells[f"my_plugins:{cls}"]["errors"][0]["message"]
         assert message.startswith(f"attack plugin 'my_plugins:{cls}'") and text in message, message
+
+
+def test_a_failing_defense_plugin_fails_its_column_naming_it(plugins, tmp_path):
+    out = tmp_path / "run"
+    config = _audit(tmp_path, ["my_plugins:Guess"], defenses=["my_plugins:Breaks"])
+    assert main(["run", "--config", str(config), "--out", str(out), "--no-progress"]) == 0
+    card = json.loads((out / "scorecard.json").read_text())
+    cells = {c["defense"]["label"]: c for c in card["cells"]}
+    assert cells["none"]["status"] == "ok"
+    message = cells["my_plugins:Breaks"]["errors"][0]["message"]
+    assert message.startswith("the simulation under defense plugin 'my_plugins:Breaks'") and "cannot clip" in message
 
 
 def test_example_plugin_package_installs_and_audits(tmp_path):

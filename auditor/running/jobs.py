@@ -234,7 +234,9 @@ def execute(unit: Unit) -> list[dict[str, Any]]:
     try:
         results = unit.run()
     except Exception as exc:  # noqa: BLE001 - a failing unit is recorded and the audit goes on
-        results = [error_result(exc) for _ in unit.jobs]
+        plugins = [origin for d in unit.defenses if (origin := plugin_origin(d.cls))]
+        origin = f"the simulation under {', '.join(plugins)}" if plugins else None
+        results = [error_result(exc, origin) for _ in unit.jobs]
     finally:
         torch.set_num_threads(threads)
     seconds = time.perf_counter() - began
@@ -242,12 +244,12 @@ def execute(unit: Unit) -> list[dict[str, Any]]:
 
 
 def plugin_origin(component: Any) -> str | None:
-    """"attack plugin 'pkg.mod:Cls'" for a component defined outside flaudit, else None: its
-    errors are the user's to fix, so they name it."""
-    cls = type(component)
+    """"attack plugin 'pkg.mod:Cls' (pkg.mod.Cls)" for an attack or defense (instance or
+    class) defined outside flaudit, else None: its errors are the user's to fix, so they name it."""
+    cls = component if isinstance(component, type) else type(component)
     if cls.__module__.split(".")[0] == "flaudit":
         return None
-    return f"{component.kind} plugin {component.name!r} ({cls.__module__}.{cls.__qualname__})"
+    return f"{cls.kind} plugin {cls.name!r} ({cls.__module__}.{cls.__qualname__})"
 
 
 def error_result(exc: BaseException, origin: str | None = None) -> dict[str, Any]:
