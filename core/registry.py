@@ -139,6 +139,17 @@ def callable_plugin(kind: str) -> Callable[[str, Any], Any]:
     return accept
 
 
+def subclass_plugin(kind: str, base: type) -> Callable[[str, Any], Any]:
+    """``accept`` for registries of classes (attacks, defenses): a subclass of ``base``."""
+
+    def accept(name: str, obj: Any) -> Any:
+        if not (isinstance(obj, type) and issubclass(obj, base)):
+            raise ConfigError(f"{kind} plugin {name!r} is {obj!r}, not a subclass of {base.__module__}.{base.__qualname__}")
+        return obj
+
+    return accept
+
+
 def _import_object(kind: str, path: str) -> Any:
     """The object a ``"package.module:attr"`` path names; any failure is one ConfigError."""
     module_name, _, attr = path.partition(PLUGIN_SEPARATOR)

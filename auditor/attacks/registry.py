@@ -7,11 +7,8 @@ Built-in families are listed in ``FAMILIES``: each module registers its attacks 
 
 from __future__ import annotations
 
-from typing import Any
-
 from flaudit.auditor.attacks.base import Attack
-from flaudit.core.errors import ConfigError
-from flaudit.core.registry import Registry
+from flaudit.core.registry import Registry, subclass_plugin
 
 FAMILIES = tuple(f"flaudit.auditor.attacks.{family}" for family in (
     "rtf", "scale_mia",  # malicious server
@@ -21,13 +18,7 @@ FAMILIES = tuple(f"flaudit.auditor.attacks.{family}" for family in (
 ))
 
 
-def _attack_class(name: str, obj: Any) -> type[Attack]:
-    if not (isinstance(obj, type) and issubclass(obj, Attack)):
-        raise ConfigError(f"attack plugin {name!r} is {obj!r}, not a subclass of flaudit.auditor.attacks.base.Attack")
-    return obj
-
-
 ATTACKS: Registry[type[Attack]] = Registry(
-    "attack", builtins=FAMILIES, plugins="flaudit.attacks", accept=_attack_class, names_classes=True
+    "attack", builtins=FAMILIES, plugins="flaudit.attacks", accept=subclass_plugin("attack", Attack), names_classes=True
 )
 register_attack = ATTACKS.register  # class decorator: registers and sets ``name``
