@@ -60,7 +60,9 @@ def test_a_failing_cell_is_recorded_and_the_run_goes_on(local_run):
     crashed = cell(run.scorecard, "digits-mlp/none/crashes")
     assert crashed["status"] == "error" and crashed["risk"] == "unknown" and crashed["metrics"] is None
     assert [e["seed"] for e in crashed["errors"]] == [0, 1]
-    assert crashed["errors"][0]["type"] == "RuntimeError" and crashed["errors"][0]["message"] == "toy attack failure"
+    # the toy attacks live outside flaudit, so their errors name them as plugins
+    assert crashed["errors"][0]["type"] == "RuntimeError"
+    assert crashed["errors"][0]["message"] == "attack plugin 'crashes' (test_audit_toys.Crashes): toy attack failure"
     assert "in reconstruct" in crashed["errors"][0]["traceback"]
     summary = run.scorecard["summary"]
     assert summary == {**summary, "cells": 15, "ok": 8, "not_applicable": 4, "error": 3}
