@@ -66,6 +66,12 @@ class Scorecard:
     document: Mapping[str, Any]
     path: Path | None = None
 
+    def __repr__(self) -> str:
+        counts = self.document["summary"]
+        return (f"Scorecard(name={self.name!r}, schema={self.schema!r}, cells={counts['cells']} "
+                f"(ok {counts['ok']}, not applicable {counts['not_applicable']}, error {counts['error']}), "
+                f"path={str(self.path)!r})")
+
     @property
     def schema(self) -> str:
         return self.document["schema"]
