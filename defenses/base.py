@@ -23,6 +23,9 @@ class Defense(Component, ABC):
 
     kind = "defense"
     hides_individual_updates: ClassVar[bool] = False  # True: the server sees only the aggregate
+    # True: the defense makes a DP claim (its figures hold ``epsilon_client_<id>`` and ``delta``),
+    # which the auditor checks with canaries (flaudit.auditor.privacy_audit)
+    claims_dp: ClassVar[bool] = False
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """Adapts the initial global model to the defense (identity unless overridden)."""

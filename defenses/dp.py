@@ -186,6 +186,7 @@ class DPSGD(Defense):
     batches. Its figures are the epsilon each client spent over the run, and their maximum."""
 
     Params = DPParams
+    claims_dp = True
 
     def __init__(self, params: DPParams | None = None) -> None:
         super().__init__(params)

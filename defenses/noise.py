@@ -148,6 +148,7 @@ class UpdateNoise(Defense):
     """Noise added by the client to its update before upload."""
 
     Params = UpdateNoiseParams
+    claims_dp = True  # with clip_norm; without it the audit still measures a lower bound
 
     def __init__(self, params: UpdateNoiseParams | None = None) -> None:
         super().__init__(params)
