@@ -99,10 +99,29 @@ def _cell_findings(base: Mapping[str, Any], cand: Mapping[str, Any], tolerances:
     return findings
 
 
+def dp_violation_findings(candidate: Mapping[str, Any]) -> list[Finding]:
+    """Every cell of a column whose DP claim the privacy audit refuted fails, whatever the
+    baseline: the defense does not give the privacy it reports."""
+    refuted = {
+        (u["scenario"], u["defense"]): [(name, c) for name, c in u.get("privacy_audit", {}).items() if c["violation"]]
+        for u in candidate["utility"]
+    }
+    findings = []
+    for cell in candidate["cells"]:
+        for name, check in refuted.get((cell["scenario"], cell["defense"]["label"]), []):
+            claimed, bound = check["claimed_epsilon"], check["epsilon_lower_bound"]
+            note = (f"dp_violation: {name} claims epsilon {_fmt(claimed and claimed['mean'])} but the audit proves "
+                    f">= {_fmt(bound and bound['mean'])} ({check['canaries']} canaries, {check['confidence']:.0%} "
+                    f"confidence; seeds {', '.join(map(str, check['violating_seeds']))})")
+            findings.append(Finding(cell["id"], "dp_violation", claimed and claimed["mean"], bound and bound["mean"], None, note))
+    return findings
+
+
 def compare(baseline: Mapping[str, Any], candidate: Mapping[str, Any], tolerances: GateTolerances) -> GateResult:
     _check_matrix(baseline, candidate)
     base_cells = {c["id"]: c for c in baseline["cells"]}
     findings = [f for cell in candidate["cells"] for f in _cell_findings(base_cells[cell["id"]], cell, tolerances)]
+    findings += dp_violation_findings(candidate)
     return GateResult(tuple(candidate["cells"]), tuple(findings), tolerances)
 
 

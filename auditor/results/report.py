@@ -21,6 +21,7 @@ table{border-collapse:collapse;margin:.6rem 0;font-size:.88rem}th,td{border:1px 
 th{background:#f1f1f1;text-align:left}td.cell{text-align:center;min-width:5.5rem}.scroll{overflow-x:auto}td.cell b{display:block;text-transform:uppercase;font-size:.78rem;letter-spacing:.04em}
 .muted{color:#666}.small{font-size:.8rem}.chips span{display:inline-block;padding:.25rem .6rem;margin:.15rem;border-radius:.3rem;font-weight:600}
 figure{margin:1rem 0}figure img{max-width:100%;image-rendering:pixelated;border:1px solid #ccc}figcaption{font-size:.85rem;color:#444}
+.violation{color:#fff;background:#b3261e;padding:0 .3rem;border-radius:.2rem;font-weight:700}
 pre{background:#f6f6f6;padding:.5rem;overflow-x:auto;font-size:.78rem;max-height:18rem}code{font-size:.82rem}
 """
 
@@ -65,6 +66,8 @@ def _matrix_cell(cell: Mapping[str, Any]) -> str:
         lines.append(f"SSIM {_num(metrics['ssim_mean'], 2)}")
     if metrics.get("label_accuracy"):
         lines.append(f"labels {_pct(metrics['label_accuracy'])}")
+    if cell.get("dp_violation"):
+        lines.append('<span class=violation>dp_violation</span>')
     if cell["errors"]:
         message = cell["errors"][0]["message"]
         lines.append(f'<span class=small title="{escape(message)}">{len(cell["errors"])} seed(s) failed</span>')
@@ -171,6 +174,38 @@ def _utility_section(document: Mapping[str, Any], scenario: str) -> str:
     return plot + _table(["defense", "test accuracy", "drop vs none", "defense figures (mean over seeds)", "status"], rows)
 
 
+def _dp_audit(document: Mapping[str, Any]) -> str:
+    """The empirical epsilon lower bound beside each DP claim (flaudit.auditor.privacy_audit)."""
+    rows = []
+    for u in document["utility"]:
+        for name, c in u.get("privacy_audit", {}).items():
+            claimed, bound = c["claimed_epsilon"], c["epsilon_lower_bound"]
+            if c["errors"] and not c["seeds"]:
+                verdict = f"audit failed: {escape(c['errors'][0]['message'])}"
+            elif c["violation"]:
+                verdict = f"<span class=violation>dp_violation</span> (seeds {', '.join(map(str, c['violating_seeds']))})"
+            else:
+                verdict = "no claim to check" if claimed is None else "consistent"
+            ratio = f"{bound['mean'] / claimed['mean']:.2f}" if bound and claimed and claimed["mean"] > 0 else "–"
+            rows.append([
+                escape(u["scenario"]), escape(u["defense"]), escape(name), _num(claimed, 2), _num(bound, 2), ratio,
+                f"{c['canaries']} canaries in client {c['canary_client']}, {escape(str(c['observed']))} seen, "
+                f"{c['confidence']:.0%} confidence" if c["canaries"] else "–",
+                verdict,
+            ])
+    if not rows:
+        return "<p>No defense column makes a DP claim the audit could check.</p>"
+    return (
+        "<p class=small>Each DP column is run once more per seed with gradient canaries (Dirac canaries, each in "
+        "one client's data with probability 1/2); the server's view scores them and the one-run audit "
+        "(Steinke, Nasr, Jagielski 2023) proves the lower bound at the stated confidence. The claim is the "
+        "canary client's epsilon from the same run's accountant. A bound above the claim is a violation: "
+        "the defense does not give the privacy it reports.</p>"
+        + _table(["scenario", "defense", "component", "claimed epsilon", "empirical lower bound", "bound / claim",
+                  "audit", "verdict"], rows)
+    )
+
+
 def _errors(document: Mapping[str, Any]) -> str:
     failed = [(c["id"], e) for c in document["cells"] for e in c["errors"]]
     failed += [(f"{u['scenario']}/{u['defense']} (utility)", e) for u in document["utility"] for e in u["errors"]]
@@ -220,6 +255,7 @@ def render(document: Mapping[str, Any], out: Path) -> str:
 <h2>Risk matrix: attack x defense</h2>{_legend(document)}{matrices}
 <h2>Reconstructions of the worst cells</h2>{_grids(document, out, audit["options"]["grid_cells"])}
 <h2>Privacy vs utility</h2>{utility}
+<h2>DP claims checked</h2>{_dp_audit(document)}
 <h2>What was audited</h2>{_audited(document)}
 <h2>Failures</h2>{_errors(document)}
 <h2>Manifest</h2>{_manifest(document)}

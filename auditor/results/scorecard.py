@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import jsonschema
 
+from flaudit.auditor.privacy_audit.claims import figures as audit_figures
+from flaudit.auditor.privacy_audit.claims import privacy_audits, violations
 from flaudit.auditor.results import risk
 from flaudit.auditor.running.config import BASELINE
 from flaudit.core.jsonable import to_json
@@ -188,6 +190,25 @@ def worst_cells(cells: list[Mapping[str, Any]], count: int) -> list[Mapping[str,
     return sorted(scored, key=leakage, reverse=True)[:count]
 
 
+def _add_privacy_audits(plan: AuditPlan, results: Mapping[str, Mapping[str, Any]], utility: list[dict[str, Any]],
+                        cells: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    """The DP audit beside each audited column's claim: ``privacy_audit`` and the bound among
+    the component's figures in its utility entry, ``dp_violation`` on its cells, the violated
+    claims in the summary."""
+    audits = privacy_audits(plan.audit_jobs, results)
+    for entry in utility:
+        checks = audits.get((entry["scenario"], entry["defense"]))
+        if checks:
+            entry["privacy_audit"] = checks
+            for name, check in checks.items():
+                entry["figures"].setdefault(name, {}).update(audit_figures(check))
+    for cell in cells:
+        checks = audits.get((cell["scenario"], cell["defense"]["label"]))
+        if checks:
+            cell["dp_violation"] = any(c["violation"] for c in checks.values())
+    summary["dp_violations"] = violations(audits)
+
+
 def _without_seed(config: Any) -> dict[str, Any]:
     return {k: v for k, v in to_json(config).items() if k != "seed"}
 
@@ -198,6 +219,8 @@ def build(plan: AuditPlan, results: Mapping[str, Mapping[str, Any]], manifest: M
     utility_entries = _utility(plan, results)
     utility = {(u["scenario"], u["defense"]): u for u in utility_entries}
     cells = [_cell_entry(cell, results, utility) for cell in plan.cells]
+    summary = _summary(cells)
+    _add_privacy_audits(plan, results, utility_entries, cells, summary)
     document = {
         "schema": SCHEMA_ID,
         "audit": {
@@ -218,7 +241,7 @@ def build(plan: AuditPlan, results: Mapping[str, Mapping[str, Any]], manifest: M
             "attacks": [a.describe() for a in plan.attacks],
         },
         "manifest": to_json(manifest),
-        "summary": _summary(cells),
+        "summary": summary,
         "utility": utility_entries,
         "cells": cells,
     }

@@ -59,6 +59,11 @@ class AuditOptions:
                            "1 suits small models (more threads contend); raise it for large ones")
     grid_cells: int = bounded(6, min=0, doc="worst cells shown with reconstruction grids in the report")
     grid_images: int = bounded(8, min=1, max=64, doc="image pairs per reconstruction grid")
+    dp_audit_canaries: int = bounded(1000, min=0, doc="canaries in the empirical audit of each DP defense "
+                                     "column (0: no audit)")
+    dp_audit_confidence: float = bounded(0.95, min=0.5, max=1.0, exclusive_min=True,
+                                         doc="confidence of the audit's epsilon lower bound")
+    dp_audit_client: int = bounded(0, min=0, doc="the client whose training holds the canaries")
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from flaudit.auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput
+from flaudit.auditor.privacy_audit.job import PrivacyAuditJob
 from flaudit.auditor.results.grids import best_pairs, grid_png
 from flaudit.core.jsonable import digest, to_json
 from flaudit.auditor.metrics.scoring import AttackOutputError, score_output
@@ -137,7 +138,7 @@ class AttackJob:
         return result
 
 
-Job = UtilityJob | AttackJob
+Job = UtilityJob | AttackJob | PrivacyAuditJob
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,9 @@ def plan_units(jobs: list[Job]) -> list[Unit]:
     groups: dict[str, dict[str, Any]] = {}
     alone = []
     for job in jobs:
+        if isinstance(job, PrivacyAuditJob):  # canaries shape the model: a simulation of its own
+            alone.append(job.unit())
+            continue
         if isinstance(job, AttackJob) and job.shapes_model:
             alone.append(Unit(job.scenario, job.defenses, job.threads, None, (job,)))
             continue

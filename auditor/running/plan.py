@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from flaudit.auditor.attacks.base import ThreatModel
+from flaudit.auditor.privacy_audit.job import AuditSettings, PrivacyAuditJob, claims_dp
 from flaudit.auditor.running.catalog import Catalog
 from flaudit.auditor.running.config import WILDCARD, AttackSpec, AuditConfig, ComponentSpec, DefenseSpec, ScenarioSpec
 from flaudit.auditor.running.jobs import AttackJob, Component, UtilityJob
@@ -22,6 +23,7 @@ from flaudit.defenses.base import compose
 from flaudit.core.errors import ConfigError, FlauditError, UnknownNameError
 from flaudit.core.registry import Registry
 from flaudit.scenarios.kinds import scenario_kind
+from flaudit.scenarios.views import ServerView
 
 @dataclass(frozen=True)
 class DefenseColumn:
@@ -71,10 +73,11 @@ class AuditPlan:
     threads: int
     catalog: Catalog
     rejected: Mapping[tuple[str, str], str]  # (scenario, defense) labels -> why its kind cannot run that column
+    audit_jobs: tuple[PrivacyAuditJob, ...] = ()  # empirical checks of the DP columns' epsilon
 
     @property
-    def jobs(self) -> list[UtilityJob | AttackJob]:
-        return [*self.utility_jobs, *(job for cell in self.cells for job in cell.jobs)]
+    def jobs(self) -> list[UtilityJob | AttackJob | PrivacyAuditJob]:
+        return [*self.utility_jobs, *(job for cell in self.cells for job in cell.jobs), *self.audit_jobs]
 
 
 def cell_id(scenario: str, defense: str, attack: str) -> str:
@@ -158,6 +161,21 @@ def _not_applicable(row: AttackRow, scenario: ScenarioSpec, column: DefenseColum
     return attack.not_applicable(scenario.config, [c.build() for c in column.components])
 
 
+def _audit_jobs(config: AuditConfig, scenario: ScenarioSpec, columns: tuple[DefenseColumn, ...],
+                rejects: Mapping[str, str], threads: int) -> list[PrivacyAuditJob]:
+    """One privacy audit per seed of each column with a DP claim, where the scenario shares
+    updates (canaries are gradients; a logit-sharing server sees no update)."""
+    options = config.options
+    if options.dp_audit_canaries == 0 or ServerView not in scenario_kind(scenario.config.kind).views:
+        return []
+    settings = AuditSettings(options.dp_audit_canaries, options.dp_audit_confidence, options.dp_audit_client)
+    return [
+        PrivacyAuditJob(scenario.label, column.label, scenario.config.replace(seed=seed), column.components, settings, threads)
+        for column in columns if column.label not in rejects and any(claims_dp(c) for c in column.components)
+        for seed in scenario.seeds
+    ]
+
+
 def build_plan(config: AuditConfig, catalog: Catalog, preflight: bool = True) -> AuditPlan:
     _check_overlay_names(config, catalog.attacks, "attack")
     _check_overlay_names(config, catalog.defenses, "defense")
@@ -171,10 +189,11 @@ def build_plan(config: AuditConfig, catalog: Catalog, preflight: bool = True) ->
     )
     options = config.options
     threads = options.threads
-    utility_jobs, cells, rejected = [], [], {}
+    utility_jobs, cells, rejected, audit_jobs = [], [], {}, []
     for scenario in config.scenarios:
         rejects = _preflight(scenario, columns) if preflight else {}
         rejected.update({(scenario.label, label): reason for label, reason in rejects.items()})
+        audit_jobs += _audit_jobs(config, scenario, columns, rejects, threads)
         utility_jobs += [
             UtilityJob(scenario.label, column.label, scenario.config.replace(seed=seed), column.components, threads)
             for column in columns if column.label not in rejects
@@ -193,4 +212,4 @@ def build_plan(config: AuditConfig, catalog: Catalog, preflight: bool = True) ->
                     for seed in scenario.seeds
                 )
                 cells.append(Cell(identity, scenario, column, row, reason, jobs))
-    return AuditPlan(config, columns, rows, tuple(cells), tuple(utility_jobs), threads, catalog, rejected)
+    return AuditPlan(config, columns, rows, tuple(cells), tuple(utility_jobs), threads, catalog, rejected, tuple(audit_jobs))
