@@ -2,7 +2,9 @@
 audit, ``gate`` a candidate scorecard against a baseline, re-render a ``report``.
 
 Exit status: 0 success; 1 ``gate`` found regressions (or ``run --strict`` had failed cells);
-2 unusable input (config, names, data, scorecards), with one line naming the problem."""
+1 ``verify`` found a scorecard that differs from its run folder; 2 unusable input (config,
+names, data, scorecards, and for ``gate`` a scorecard that does not verify), with one line
+naming the problem."""
 
 from __future__ import annotations
 
@@ -97,6 +99,9 @@ def cmd_gate(args: argparse.Namespace) -> int:
     baseline, candidate = scorecard.load(args.baseline), scorecard.load(args.candidate)
     tolerances = load_gate(args.config) if args.config else gate.tolerances_of(baseline)
     result = gate.compare(baseline, candidate, tolerances)
+    if not args.allow_unverified:
+        for path in (args.baseline, args.candidate):
+            _refuse_unverified(path)
     junit = args.junit or scorecard.scorecard_path(args.candidate).parent / "gate-junit.xml"
     gate.write_junit(result, junit)
     scored = sum(c["status"] != "not_applicable" for c in result.cells)
@@ -109,6 +114,34 @@ def cmd_gate(args: argparse.Namespace) -> int:
           f"(tolerances: {gate.describe_tolerances(tolerances)}); JUnit: {junit}")
     print(gate.render_table(result))
     return 1
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from flaudit.auditor.results.verify import describe, verify
+
+    result = verify(args.dir)
+    for note in result.notes:
+        print(f"flaudit verify: note: {note}", file=sys.stderr)
+    if result.verified:
+        print(f"flaudit verify: OK: {args.dir} matches its run folder (config, every stored result and artifact)")
+        return 0
+    print(f"flaudit verify: FAIL: {len(result.differences)} difference(s) between the scorecard and its run folder")
+    print(describe(result))
+    return 1
+
+
+def _refuse_unverified(path: Path) -> None:
+    """``flaudit gate`` compares only scorecards that verify (``--allow-unverified`` skips it)."""
+    from flaudit.auditor.results.scorecard import ScorecardError
+    from flaudit.auditor.results.verify import verify
+
+    result = verify(path)
+    if not result.verified:
+        raise ScorecardError(
+            f"{path} does not verify against its run folder ({result.differences[0]}"
+            f"{f'; +{len(result.differences) - 1} more' if len(result.differences) > 1 else ''}); "
+            "run `flaudit verify` on it, or pass --allow-unverified"
+        )
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -161,7 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_gate.add_argument("--config", type=Path, help="take the [gate] tolerances from this config "
                         "(default: those recorded in the baseline)")
     p_gate.add_argument("--junit", type=Path, help="JUnit XML path (default: gate-junit.xml beside the candidate)")
+    p_gate.add_argument("--allow-unverified", action="store_true",
+                        help="compare scorecards that do not verify against their run folders")
     p_gate.set_defaults(func=cmd_gate)
+
+    p_verify = sub.add_parser("verify", help="exit 1 when a scorecard differs from its run folder (tamper evidence)")
+    p_verify.add_argument("dir", type=Path, help="run folder (or its scorecard.json)")
+    p_verify.set_defaults(func=cmd_verify)
 
     p_report = sub.add_parser("report", help="re-render report.html and summary.md from a run folder's scorecard")
     p_report.add_argument("dir", type=Path, help="run folder (or its scorecard.json)")

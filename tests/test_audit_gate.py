@@ -9,7 +9,8 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from flaudit.auditor.cli import main
-from test_audit_toys import run_toy
+from flaudit.auditor.running import catalog
+from test_audit_toys import run_toy, toy_catalog
 
 MATRIX = """
 [audit]
@@ -25,6 +26,11 @@ name = "linear_leakage"
 [[attack]]
 name = "logit_only"
 """
+
+
+@pytest.fixture(autouse=True)
+def toys(monkeypatch):  # the gate verifies each scorecard by rebuilding it with the registries
+    monkeypatch.setattr(catalog, "registered", toy_catalog)
 
 
 @pytest.fixture(scope="module")

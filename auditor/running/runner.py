@@ -19,7 +19,8 @@ from flaudit.auditor.running.manifest import manifest, now
 from flaudit.auditor.results.outputs import write_all
 from flaudit.auditor.running.plan import AuditPlan, build_plan
 from flaudit.auditor.results.scorecard import build
-from flaudit.auditor.running.store import ResultStore
+from flaudit.auditor.running import provenance
+from flaudit.auditor.running.store import ARTIFACTS, CELLS, ResultStore, atomic_write
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,18 @@ class AuditRun:
     plan: AuditPlan
     scorecard: dict[str, Any]
     resumed_jobs: int
+
+
+def _provenance(config: AuditConfig, out: Path) -> dict[str, Any]:
+    """The manifest's tamper evidence; the config as written is also kept in the folder."""
+    name, text = provenance.config_copy(config)
+    atomic_write(out / name, text)
+    return {
+        "inputs": {"config_sha256": provenance.sha256_bytes(text), "config_file": name,
+                   "data": provenance.data_identity(config)},
+        "code": provenance.code_identity(),
+        "outputs": provenance.outputs(out, (CELLS, ARTIFACTS)),
+    }
 
 
 def run_audit(config: AuditConfig, options: RunOptions, catalog: Catalog | None = None) -> AuditRun:
@@ -72,6 +85,7 @@ def run_audit(config: AuditConfig, options: RunOptions, catalog: Catalog | None 
         threads=plan.threads,
         resumed_jobs=resumed,
         registered={"attacks": plan.catalog.attacks.names(), "defenses": plan.catalog.defenses.names()},
+        **_provenance(config, options.out),
     )
     document = build(plan, results, facts)
     write_all(document, options.out)
