@@ -152,6 +152,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     folder = scorecard.scorecard_path(args.dir).parent
     write_reports(document, folder)
     print(f"{folder / REPORT}\n{folder / SUMMARY}")
+    if args.pdf:
+        from flaudit.auditor.results.pdf import write_pdf
+
+        print(write_pdf(document, folder))
     return 0
 
 
@@ -204,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_report = sub.add_parser("report", help="re-render report.html and summary.md from a run folder's scorecard")
     p_report.add_argument("dir", type=Path, help="run folder (or its scorecard.json)")
+    p_report.add_argument("--pdf", action="store_true", help="also print report.pdf (headless Chromium)")
     p_report.set_defaults(func=cmd_report)
     return parser
 

@@ -217,6 +217,23 @@ def _errors(document: Mapping[str, Any]) -> str:
     )
 
 
+def _provenance(m: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The tamper evidence (``flaudit verify`` re-checks it), when the run recorded it."""
+    if "inputs" not in m:
+        return []
+    inputs = m["inputs"]
+    data = "<br>".join(
+        f"{escape(label)} ({escape(str(d['dataset']))}): " + ", ".join(f"seed {s} <code>{h[:16]}</code>" for s, h in d["seeds"].items())
+        for label, d in inputs["data"].items()
+    )
+    return [
+        ("config as written", f"{escape(inputs['config_file'])}, SHA-256 <code>{inputs['config_sha256']}</code>"),
+        ("data (SHA-256 of the tensors used)", data),
+        ("code", f"SHA-256 of {m['code']['files']} package files <code>{m['code']['package_sha256']}</code>"),
+        ("stored results", f"{len(m.get('outputs', {}))} files, each with its SHA-256 in the scorecard"),
+    ]
+
+
 def _manifest(document: Mapping[str, Any]) -> str:
     m, audit = document["manifest"], document["audit"]
     facts = [
@@ -230,6 +247,7 @@ def _manifest(document: Mapping[str, Any]) -> str:
         ("compiled kernels", f"built: {m['extension']['built']}, CUDA kernels: {m['extension']['cuda_kernels']}"),
         ("python / platform", escape(f"{m['python']} / {m['platform']}")),
         ("packages", escape(", ".join(f"{k} {v}" for k, v in m["packages"].items()))),
+        *_provenance(m),
     ]
     return _table(["", ""], ([f"<b>{k}</b>", v] for k, v in facts))
 
