@@ -9,7 +9,9 @@ digest everything that determines their result.
 A ``Unit`` is what an executor runs: one simulation and the jobs it serves. Attacks that do not
 shape the model (no ``prepare`` override) observe the same honest simulation that measures
 utility, so a (scenario, defense, seed) is simulated once however many attacks there are; an
-attack that prepares the server's model gets a simulation of its own. Before each attack the
+attack that prepares the server's model gets a simulation of its own, and so does each
+``PrivacyAuditJob`` (``flaudit.auditor.privacy_audit``: its canaries perturb the model; its
+unit has the same interface). Before each attack the
 global RNGs are re-seeded and the view is copied, so a job's result does not depend on which
 unit ran it. Jobs carry resolved component classes, so a worker needs no registry, and
 ``execute`` never raises: failures become results with status ``error``.
