@@ -10,7 +10,7 @@ import tomllib
 import numpy as np
 import pytest
 
-from flaudit.auditor.attacks import ATTACKS
+from flaudit.auditor.running.catalog import registered
 from flaudit.auditor.privacy_audit.bound import Guesses, best_bound, epsilon_lower_bound, guesses, p_value
 from flaudit.auditor.privacy_audit.job import AuditSettings, PrivacyAuditJob
 from flaudit.auditor.results import gate, report
@@ -136,7 +136,7 @@ max_samples = {base.max_samples}
 seeds = [0]
 """
     document = tomllib.loads(config + BROKEN_COLUMN)
-    catalog = toy_catalog(attacks=(ATTACKS.get("labels"),), defenses=(BrokenDP,))
+    catalog = toy_catalog(attacks=(registered().attacks.get("labels"),), defenses=(BrokenDP,))
     card = run_audit(audit_from_document(document, "<test>"), RunOptions(tmp_path, progress=False), catalog).scorecard
     entry = next(u for u in card["utility"] if u["defense"] == "broken_dp")
     check = entry["privacy_audit"]["broken_dp"]
