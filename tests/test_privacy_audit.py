@@ -110,6 +110,20 @@ def test_real_dp_sgd_stays_at_or_below_its_claim(honest, broken):
     assert claim["epsilon_lower_bound"] < broken["claims"]["broken_dp"]["epsilon_lower_bound"]
 
 
+class CrashingDP(DPSGD):
+    name = "crashing_dp"
+
+    def training_wrapper(self, world):
+        raise RuntimeError("no engine today")
+
+
+def test_a_failing_audit_is_an_error_result_not_a_crash():
+    job = PrivacyAuditJob("digits", "crashing_dp", SMALL, (Component("crashing_dp", CrashingDP, DPParams()),),
+                          AuditSettings(10, 0.95, 0), 1)
+    result = execute(job.unit())[0]
+    assert result["status"] == "error" and "no engine today" in result["error"]["message"]
+
+
 BROKEN_COLUMN = f"""
 [audit]
 dp_audit_canaries = {CANARIES}

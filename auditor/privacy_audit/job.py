@@ -71,7 +71,7 @@ def claims_dp(component: Component) -> bool:
 @dataclass(frozen=True)
 class PrivacyAuditUnit:
     """What an executor runs for one audit job (the ``Unit`` interface: scenario, threads,
-    jobs, run)."""
+    defenses, jobs, run)."""
 
     job: PrivacyAuditJob
 
@@ -82,6 +82,10 @@ class PrivacyAuditUnit:
     @property
     def threads(self) -> int:
         return self.job.threads
+
+    @property
+    def defenses(self) -> tuple[Component, ...]:
+        return self.job.defenses
 
     @property
     def jobs(self) -> tuple[PrivacyAuditJob, ...]:
