@@ -25,7 +25,7 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python $(BUILD_INPUTS)
 	$(PIP) install -q -c constraints.txt -r requirements.txt
-	$(PIP) install -q -c constraints.txt --no-build-isolation -e .
+	$(PIP) install -q -c constraints.txt --no-build-isolation -e '.[flower]'
 	touch $@
 
 clean:

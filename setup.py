@@ -23,7 +23,7 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtensio
 ROOT = Path(__file__).parent
 CSRC = ROOT / "csrc"
 # The repository's top folders, installed as subpackages of the one ``flaudit`` package.
-ROOMS = ("auditor", "core", "defenses", "scenarios")
+ROOMS = ("auditor", "core", "defenses", "integrations", "scenarios")
 
 
 class BuildExt(BuildExtension):
@@ -83,7 +83,11 @@ setup(
     python_requires=">=3.11",
     packages=["flaudit"] + [f"flaudit.{name}" for name in find_packages(include=[f"{room}*" for room in ROOMS])],
     package_dir={"flaudit": "flaudit", **{f"flaudit.{room}": room for room in ROOMS}},
-    package_data={"flaudit.auditor.results": ["schemas/*.json"], "flaudit.auditor.running": ["default_audit.toml"]},
+    package_data={
+        "flaudit.auditor.results": ["schemas/*.json"],
+        "flaudit.auditor.running": ["default_audit.toml"],
+        "flaudit.integrations.flower": ["schemas/*.json"],
+    },
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExt.with_options(use_ninja=True)},
     # Every runtime import (tests/test_packaging.py checks); versions are pinned in constraints.txt.
@@ -102,6 +106,9 @@ setup(
         "torchvision",
         "tqdm",
     ],
-    extras_require={"ray": ["ray"]},  # the ray executor
+    extras_require={
+        "ray": ["ray"],  # the ray executor
+        "flower": ["flwr==1.42.0"],  # flaudit.integrations.flower's strategies, mods and grid
+    },
     entry_points={"console_scripts": ["flaudit=flaudit.auditor.cli:main"]},
 )

@@ -136,8 +136,9 @@ class FedAvgSimulation:
         start = layout.flatten(sent)
         train = world.data.train
         participants = self.sample_clients(round_index)
-        uploads, own_updates, traces = [], {}, {}
+        uploads, own_updates, traces, sent_training = [], {}, {}, {}
         for client_id in participants:
+            spec = sent_training[client_id] = hooks.training_for(client_id, round_index, cfg.training)
             indices = world.clients[client_id].train_indices
             loader = make_loader(
                 train.images[indices], train.labels[indices], indices, cfg.batch_size,
@@ -145,11 +146,9 @@ class FedAvgSimulation:
             )
             adversary = hooks.adversarial_clients.get(client_id)
             if adversary is None:
-                local, trace = train_client(
-                    client_id, round_index, sent, loader, cfg.training, hooks.training_wrappers
-                )
+                local, trace = train_client(client_id, round_index, sent, loader, spec, hooks.training_wrappers)
             else:
-                local, trace = adversary.local_update(client_id, round_index, sent, loader, cfg.training)
+                local, trace = adversary.local_update(client_id, round_index, sent, loader, spec)
             update = layout.check(layout.flatten(local) - start, f"client {client_id}'s update")
             own_updates[client_id] = update
             for transform in hooks.update_transforms:
@@ -172,6 +171,7 @@ class FedAvgSimulation:
             uploads=tuple(uploads) if outcome.individual_updates_visible else None,
             aggregate=mean_update,
             transcript=outcome.transcript,
+            client_training=sent_training if hooks.client_config is not None else None,
         )
         test = world.test_set
         return RoundRecord(view, after, own_updates, traces, accuracy(after, test.images, test.labels), train)

@@ -68,6 +68,15 @@ class ServerModelHook(Protocol):
 
 
 @runtime_checkable
+class ClientConfigHook(Protocol):
+    """A server that sends each client its own training config (what a deployment lets it do:
+    Flower's strategies configure each node separately). A malicious one isolates a target by
+    sending the others ``lr = 0`` (Pasquini et al., CCS 2022)."""
+
+    def training_for(self, client_id: int, round_index: int, spec: TrainingSpec) -> TrainingSpec: ...
+
+
+@runtime_checkable
 class AdversarialClient(Protocol):
     """A participant that trains its own way instead of honestly (client-side attacks). It gets
     what an honest client gets and returns the model it uploads and the batches of its own
@@ -99,11 +108,19 @@ class FLHooks:
     server_model: ServerModelHook | None = None
     model_preparers: list[ModelPreparer] = field(default_factory=list)
     adversarial_clients: dict[int, AdversarialClient] = field(default_factory=dict)  # client id -> it
+    client_config: ClientConfigHook | None = None
 
-    def install(self, hook: ServerModelHook | AdversarialClient | None, attacker_client: int) -> None:
+    def training_for(self, client_id: int, round_index: int, spec: TrainingSpec) -> TrainingSpec:
+        """The config the server sends ``client_id`` (the scenario's, unless a hook changes it)."""
+        return spec if self.client_config is None else self.client_config.training_for(client_id, round_index, spec)
+
+    def install(self, hook: ServerModelHook | AdversarialClient | ClientConfigHook | None, attacker_client: int) -> None:
         """Puts what an attack prepared in its slot: an adversarial client replaces
-        ``attacker_client``'s training; anything else is the server's model hook."""
+        ``attacker_client``'s training, a client-config hook sets each client's config; anything
+        else is the server's model hook."""
         if isinstance(hook, AdversarialClient):
             self.adversarial_clients[attacker_client] = hook
+        elif isinstance(hook, ClientConfigHook):
+            self.client_config = hook
         else:
             self.server_model = hook

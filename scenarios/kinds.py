@@ -32,6 +32,10 @@ def _accepts_every_defense(hooks: FLHooks) -> None:
     return None
 
 
+def _serves_every_attack(attack: type, config: ScenarioConfig, attacked_round: int) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class ScenarioKind:
     build_world: Callable[[ScenarioConfig], FLWorld]
@@ -40,6 +44,9 @@ class ScenarioKind:
     # Why composed defenses cannot act on its rounds (None when they can): the auditor marks
     # such a defense column not applicable instead of running it into the simulation's error.
     rejects: Callable[[FLHooks], str | None] = _accepts_every_defense
+    # Why its attacked round cannot serve an attack class although it produces its view (None
+    # when it can): a recording cannot be re-sent a crafted model, nor show what it did not record.
+    refuses: Callable[[type, ScenarioConfig, int], str | None] = _serves_every_attack
 
 
 SCENARIO_KINDS: Registry[ScenarioKind] = Registry("scenario kind")
@@ -85,3 +92,9 @@ def simulate(config: ScenarioConfig, hooks: FLHooks | None = None, progress: boo
     result = run_rounds(simulation, config.rounds, progress=progress, desc=f"{config.kind} rounds")
     result.model = getattr(simulation, "model", None)
     return result
+
+
+# Recorded federations (a Flower run's recording, replayed; needs no Flower):
+from flaudit.integrations.flower.replay import register as _register_recorded  # noqa: E402
+
+_register_recorded()

@@ -28,7 +28,8 @@ from flaudit.scenarios.views import TrainingSpec
 class ScenarioConfig:
     """The simulated federation. Defaults: the study's CNN on embedded digits, non-IID."""
 
-    kind: str = "fedavg"  # the protocol (scenarios.kinds.SCENARIO_KINDS): fedavg, fedmd, dsfl, fedgems
+    kind: str = "fedavg"  # the protocol (scenarios.kinds.SCENARIO_KINDS): fedavg, fedmd, dsfl, fedgems, recorded
+    recording: Path | None = None  # kind = "recorded": the folder a Flower RecordingStrategy wrote
     logit_options: dict[str, Any] = bounded({})  # the logit-sharing kinds' options, checked by the kind
     dataset: str = "digits"
     data_root: Path | None = None

@@ -55,6 +55,9 @@ class ServerView:
     uploads: tuple[ClientUpload, ...] | None
     aggregate: torch.Tensor
     transcript: dict[str, Any] = field(default_factory=dict)
+    # The config each client was sent, where the server sent clients different ones (None: all
+    # got ``training``). The server chose them, so it knows them.
+    client_training: dict[int, TrainingSpec] | None = None
 
     @property
     def sees_individual_updates(self) -> bool:

@@ -8,7 +8,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
-ROOMS = ("flaudit", "auditor", "core", "defenses", "scenarios")
+ROOMS = ("flaudit", "auditor", "core", "defenses", "integrations", "scenarios")
 
 
 def _imported_top_names() -> set[str]:

@@ -81,6 +81,7 @@ class Attack(Component, ABC):
     kind = "attack"
     threat_model: ClassVar[ThreatModel]
     needs_individual_updates: ClassVar[bool] = False
+    crafts_model: ClassVar[bool] = False  # it sends a crafted model: a recorded federation cannot serve it
 
     def not_applicable(self, scenario: ScenarioConfig, defenses: Sequence[Defense]) -> str | None:
         """Why this attack's threat model does not fit the setting, or None if it does."""

@@ -11,7 +11,7 @@ from flaudit.auditor.attacks.base import Attack
 from flaudit.core.registry import Registry, subclass_plugin
 
 FAMILIES = tuple(f"flaudit.auditor.attacks.{family}" for family in (
-    "rtf", "scale_mia",  # malicious server
+    "inconsistency", "rtf", "scale_mia",  # malicious server
     "cpa", "dlf", "dlg", "ggl", "grnn", "inverting_gradients", "label_inference",  # honest server
     "dmgan", "peer",  # curious client
     "logit_inversion",  # logit-sharing server

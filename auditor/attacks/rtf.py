@@ -164,6 +164,7 @@ class RtfServer:
 @register_attack("rtf", "Robbing the Fed: a binned imprint block in front of the model; reads batches from the aggregate")
 class RobbingTheFed(Attack):
     threat_model = ThreatModel.MALICIOUS_SERVER
+    crafts_model = True
     Params = RtfParams
     needs_individual_updates = False
 

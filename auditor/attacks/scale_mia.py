@@ -410,6 +410,7 @@ class ScaleMiaServer:
 @register_attack("scale_mia", "Scale-MIA: crafted latent linear layer + autoencoder; reads batches from the aggregate")
 class ScaleMia(Attack):
     threat_model = ThreatModel.MALICIOUS_SERVER
+    crafts_model = True
     Params = ScaleMiaParams
     needs_individual_updates = False
 

@@ -101,7 +101,7 @@ def _matrix(document: Mapping[str, Any], scenario: str) -> str:
 def _legend(document: Mapping[str, Any]) -> str:
     cut = document["audit"]["risk_thresholds"]
     rate, labels = cut["recovery_rate"], cut["label_accuracy"]
-    chips = "".join(f'<span style="background:{risk.COLOURS[level]}">{level}</span>' for level in (*risk.LEVELS, risk.UNKNOWN, risk.NOT_APPLICABLE))
+    chips = "".join(f'<span style="background:{risk.COLOURS[level]}">{level}</span>' for level in (*risk.LEVELS, risk.UNKNOWN, risk.NOT_APPLICABLE, risk.UNSCORED))
     return (
         f"<p class=chips>{chips}</p><p class=small>Risk from the recovery rate (share of targets whose matched "
         f"reconstruction reaches {document['audit']['psnr_threshold']:g} dB PSNR, mean over seeds): low &gt; 0, "

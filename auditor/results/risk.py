@@ -13,13 +13,14 @@ from typing import Any, Mapping
 LEVELS = ("none", "low", "medium", "high")  # ascending leakage
 NOT_APPLICABLE = "not_applicable"
 UNKNOWN = "unknown"  # every seed of the cell failed
+UNSCORED = "unscored"  # the attack ran, but no ground truth exists for its targets (a recorded federation's peers)
 
 RECOVERY_RATE_CUTOFFS = {"low": 1e-9, "medium": 0.05, "high": 0.25}  # any recovered image is at least low
 LABEL_ACCURACY_CUTOFFS = {"low": 0.5, "medium": 0.8, "high": 0.95}
 
 COLOURS = {
     "none": "#cfe8cf", "low": "#f3eab0", "medium": "#f6c58c", "high": "#ec8f86",
-    NOT_APPLICABLE: "#e4e4e4", UNKNOWN: "#c9c3dd",
+    NOT_APPLICABLE: "#e4e4e4", UNKNOWN: "#c9c3dd", UNSCORED: "#d8e4ee",
 }
 
 
@@ -44,7 +45,7 @@ def risk_level(metrics: Mapping[str, Any] | None) -> str:
 
 def rank(level: str) -> int:
     """Orders levels by leakage; unknown (failed) ranks above high so it is never hidden."""
-    return {NOT_APPLICABLE: -1, **{name: i for i, name in enumerate(LEVELS)}, UNKNOWN: len(LEVELS)}[level]
+    return {NOT_APPLICABLE: -1, UNSCORED: -1, **{name: i for i, name in enumerate(LEVELS)}, UNKNOWN: len(LEVELS)}[level]
 
 
 def thresholds() -> dict[str, dict[str, float]]:

@@ -98,6 +98,8 @@ def _run_entry(seed: int, result: Mapping[str, Any]) -> dict[str, Any]:
             timing=result.get("timing", {}),
             artifact=result.get("artifact"),
         )
+        if result.get("unscored"):
+            entry["unscored"] = result["unscored"]
     else:
         entry["error"] = result["error"]
     return entry
@@ -154,6 +156,8 @@ def _cell_entry(cell: Cell, results: Mapping[str, Mapping[str, Any]], utility: M
         metrics = _metrics(runs)
         status = "ok" if all(r["status"] == "ok" for r in runs) else "error"
         level = risk.risk_level(metrics)
+        if runs and all(r.get("unscored") for r in runs):
+            level = risk.UNSCORED
     use = utility[cell.scenario.label, cell.defense.label]
     return {
         "id": cell.cell_id,
@@ -174,7 +178,7 @@ def _cell_entry(cell: Cell, results: Mapping[str, Mapping[str, Any]], utility: M
 
 def _summary(cells: list[dict[str, Any]]) -> dict[str, Any]:
     counts = {status: sum(c["status"] == status for c in cells) for status in ("ok", "not_applicable", "error")}
-    by_risk = {level: sum(c["risk"] == level for c in cells) for level in (*risk.LEVELS, risk.UNKNOWN, risk.NOT_APPLICABLE)}
+    by_risk = {level: sum(c["risk"] == level for c in cells) for level in (*risk.LEVELS, risk.UNKNOWN, risk.NOT_APPLICABLE, risk.UNSCORED)}
     return {"cells": len(cells), **counts, "by_risk": by_risk, "worst": [c["id"] for c in worst_cells(cells, 5)]}
 
 

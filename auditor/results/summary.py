@@ -35,10 +35,13 @@ def _accuracy(entry: Mapping[str, Any] | None) -> str:
 def render(document: Mapping[str, Any]) -> str:
     audit, summary = document["audit"], document["summary"]
     by_risk = summary["by_risk"]
+    unscored = by_risk.get("unscored", 0)  # older scorecards have no such level
     lines = [
         f"## flaudit audit: {audit['name']}",
         "",
-        f"{summary['cells']} cells: {summary['ok']} scored, {summary['not_applicable']} not applicable, "
+        f"{summary['cells']} cells: {summary['ok'] - unscored} scored, "
+        + (f"{unscored} unscored (no ground truth), " if unscored else "")
+        + f"{summary['not_applicable']} not applicable, "
         f"{summary['error']} failed · risk: high {by_risk['high']}, medium {by_risk['medium']}, "
         f"low {by_risk['low']}, none {by_risk['none']} · recovered = PSNR >= {audit['psnr_threshold']:g} dB · "
         f"config `{audit['config_hash'][:12]}`, profile {audit['profile']}",

@@ -20,6 +20,7 @@ unit ran it. Jobs carry resolved component classes, so a worker needs no registr
 from __future__ import annotations
 
 import copy
+import dataclasses
 import random
 import time
 import traceback
@@ -125,6 +126,9 @@ class AttackJob:
         if not isinstance(output, AttackOutput):
             raise AttackOutputError(f"reconstruct returned {type(output).__name__}, not an AttackOutput")
         attack_seconds = time.perf_counter() - began
+        output, unscored = scored_targets(output, record)
+        if unscored is not None:
+            return unscored_result(output, unscored, attack_seconds, self.attacked_round, record, self.grid_images)
         scored = score_output(output, world, record.ground_truth, self.psnr_threshold)
         result = {
             "status": "ok",
@@ -141,6 +145,34 @@ class AttackJob:
 
 
 Job = UtilityJob | AttackJob | PrivacyAuditJob
+
+
+def scored_targets(output: AttackOutput, record: Any) -> tuple[AttackOutput, str | None]:
+    """Keeps the targets with ground truth. A round may lack some participants' data (a
+    recorded federation knows only its canary's batches): an output about them alone is
+    unscored (the reason is returned), one about some of them is scored on those."""
+    participants = getattr(getattr(record, "server_view", None), "participants", ())
+    unknown = [c for c in output.target_clients if c in participants and c not in record.ground_truth]
+    if not unknown:
+        return output, None
+    known = tuple(c for c in output.target_clients if c not in unknown)
+    if known:
+        return dataclasses.replace(output, target_clients=known), None
+    return output, f"no ground truth for client(s) {unknown}: the reconstructions are shown unscored"
+
+
+def unscored_result(output: AttackOutput, reason: str, attack_seconds: float, attacked_round: int, record: Any,
+                    grid_images: int) -> dict[str, Any]:
+    images = output.images.detach().float().cpu().clamp(0, 1)[:grid_images]
+    result = {
+        "status": "ok", "unscored": reason,
+        "metrics": {"attack_seconds": attack_seconds, "n_reconstructed": int(output.images.shape[0])},
+        "attacked_round": attacked_round, "target_clients": list(output.target_clients),
+        "diagnostics": to_json(output.diagnostics), "test_accuracy_at_attack": record.test_accuracy,
+    }
+    if len(images):  # the originals' row stays blank: there is none to show
+        result["grid_png"] = grid_png(torch.ones_like(images), images)
+    return result
 
 
 @dataclass(frozen=True)

@@ -153,8 +153,10 @@ def _preflight(scenario: ScenarioSpec, defenses: tuple[DefenseColumn, ...]) -> d
     return {label: reason for label, column_hooks in hooks.items() if (reason := kind.rejects(column_hooks))}
 
 
-def _not_applicable(row: AttackRow, scenario: ScenarioSpec, column: DefenseColumn) -> str | None:
-    unavailable = kind_mismatch(row.threat_model, scenario.config.kind)
+def _not_applicable(row: AttackRow, scenario: ScenarioSpec, column: DefenseColumn, attacked_round: int) -> str | None:
+    kind = scenario.config.kind
+    unavailable = (kind_mismatch(row.threat_model, kind)
+                   or scenario_kind(kind).refuses(row.component.cls, scenario.config, attacked_round))
     if unavailable:
         return unavailable
     attack = row.component.build()
@@ -203,7 +205,7 @@ def build_plan(config: AuditConfig, catalog: Catalog, preflight: bool = True) ->
             attacked_round = _attacked_round(row, config, scenario)
             for column in columns:
                 identity = cell_id(scenario.label, column.label, row.label)
-                reason = rejects.get(column.label) or _not_applicable(row, scenario, column)
+                reason = rejects.get(column.label) or _not_applicable(row, scenario, column, attacked_round)
                 jobs = () if reason else tuple(
                     AttackJob(
                         identity, scenario.config.replace(seed=seed), column.components, row.component,

@@ -1,0 +1,1 @@
+"""Bridges from real FL frameworks into flaudit (installed as ``flaudit.integrations``)."""
