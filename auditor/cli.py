@@ -97,6 +97,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
     from flaudit.auditor.running.config import load_gate
 
     baseline, candidate = scorecard.load(args.baseline), scorecard.load(args.candidate)
+    gate.check_versions(baseline, candidate)
     tolerances = load_gate(args.config) if args.config else gate.tolerances_of(baseline)
     result = gate.compare(baseline, candidate, tolerances)
     if not args.allow_unverified:

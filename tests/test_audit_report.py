@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import shutil
 import subprocess
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flaudit.auditor.results import risk
+from flaudit.auditor.results import report, risk, scorecard, summary
 from test_audit_runner import MATRIX
 from test_audit_toys import run_toy
 
@@ -39,7 +40,7 @@ def test_report_is_self_contained(run_dir):
 def test_report_shows_matrix_grids_plots_failures_and_manifest(run_dir):
     html = (run_dir / "report.html").read_text()
     assert html.index("Risk matrix") < html.index("Reconstructions of the worst cells") < html.index("Privacy vs utility")
-    assert f'<td class=cell style="background:{risk.COLOURS["high"]}"><b>high</b><br>recovered 100%' in html
+    assert f'<td class=cell style="background:{risk.COLOURS["high"]}"><b>high</b><br>8/8 recovered, null 0/8<br>leakage 100.0%' in html
     assert "toy_secure_sum shows the server only the aggregate" in html  # n/a cells keep their reason
     grids = re.findall(r'<img alt="([^"]+)" src=', html)
     assert grids[0] == "digits-mlp/none/linear_leakage"  # worst cell first
@@ -55,7 +56,7 @@ def test_summary_is_a_short_markdown_table(run_dir):
     assert lines[0] == "## flaudit audit: audit"
     assert "| attack \\ defense | none | toy_noise | toy_secure_sum |" in lines
     row = next(line for line in lines if line.startswith("| linear_leakage |"))
-    assert row.startswith("| linear_leakage | **high** 100% @ 100.0 dB | **none** 0% @ ") and row.endswith(" | n/a |")
+    assert row.startswith("| linear_leakage | **high** 8/8 recovered, null 0/8 · leakage +100.0% | **none** 0/8 recovered, ") and row.endswith(" | n/a |")
     assert next(line for line in lines if line.startswith("| crashes |")).count("**unknown** 2 failed") == 3
     assert any(line.startswith("| *test accuracy* |") for line in lines)
     assert len(lines) < 20
@@ -79,3 +80,18 @@ def test_headless_chromium_renders_the_report(run_dir, tmp_path):
     dom = _chromium(f"--user-data-dir={tmp_path / 'profile2'}", "--dump-dom", url).stdout.decode()
     assert "Risk matrix: attack x defense" in dom and "digits-mlp/none/linear_leakage" in dom
     assert len(re.findall(r"<img ", dom)) == len(re.findall(r"<img ", (run_dir / "report.html").read_text()))
+
+
+def test_a_v1_scorecard_still_loads_and_renders(run_dir, tmp_path):
+    """A flaudit.scorecard/1 scorecard (no nulls) validates, and renders with counts and its own
+    legend, without a leakage it never measured."""
+    from test_audit_gate import as_v1
+
+    old = as_v1(json.loads((run_dir / "scorecard.json").read_text()))
+    (tmp_path / "scorecard.json").write_text(json.dumps(old))
+    document = scorecard.load(tmp_path)
+    html = report.render(document, run_dir)
+    assert "flaudit.scorecard/1" in html and "predates null baselines" in html
+    assert "8/8 recovered<br>PSNR" in html and "null 0/8" not in html
+    row = next(line for line in summary.render(document).splitlines() if line.startswith("| linear_leakage |"))
+    assert row.startswith("| linear_leakage | **high** 8/8 recovered |"), row

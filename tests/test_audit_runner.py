@@ -86,7 +86,7 @@ def test_scorecard_follows_the_shipped_schema_and_names_its_environment(local_ru
     out, run = local_run
     document = json.loads((out / "scorecard.json").read_text())
     jsonschema.validate(document, scorecards.schema(), cls=jsonschema.Draft202012Validator)
-    assert document == run.scorecard and document["schema"] == "flaudit.scorecard/1"
+    assert document == run.scorecard and document["schema"] == "flaudit.scorecard/2"
     manifest = document["manifest"]
     assert manifest["config_hash"] == document["audit"]["config_hash"]
     assert manifest["seeds"] == [0, 1] and manifest["executor"] == "local" and manifest["threads"] == 1
@@ -103,7 +103,7 @@ def test_schema_rejects_a_broken_cell(local_run):
     _, run = local_run
     broken = json.loads(json.dumps(run.scorecard))
     broken["cells"][0]["status"] = "finished"
-    with pytest.raises(scorecards.ScorecardError, match="does not follow flaudit.scorecard/1 at cells/0/status"):
+    with pytest.raises(scorecards.ScorecardError, match="does not follow flaudit.scorecard/2 at cells/0/status"):
         scorecards.validate(broken)
 
 

@@ -9,8 +9,9 @@ import torch
 from scipy import stats as scipy_stats
 
 from flaudit.auditor.attacks.base import AttackOutput
-from flaudit.auditor.results.risk import risk_level
-from flaudit.auditor.metrics.scoring import AttackOutputError, score
+from flaudit.auditor.results.risk import Evidence, newcombe_lower, risk_level
+from flaudit.auditor.metrics.measures import psnr
+from flaudit.auditor.metrics.scoring import AttackOutputError, Criterion, score
 from flaudit.auditor.metrics.stats import interval
 from flaudit.scenarios.datasets import ImageDataset
 from flaudit.scenarios.views import ClientTrace
@@ -56,25 +57,37 @@ def test_unscorable_outputs_are_clear_errors(train, output, message):
     assert message in str(info.value)
 
 
-def _stat(mean: float) -> dict:
-    return {"mean": mean}
+def _one_seed(hits: int, null_hits: int, trials: int = 64) -> Evidence:
+    return Evidence(((hits - null_hits) / trials,), hits, null_hits, trials)
 
 
 @pytest.mark.parametrize(
-    "metrics, level",
+    "images, labels, level",
     [
-        ({"recovery_rate": _stat(0.0)}, "none"),
-        ({"recovery_rate": _stat(0.01)}, "low"),
-        ({"recovery_rate": _stat(0.05)}, "medium"),
-        ({"recovery_rate": _stat(0.25)}, "high"),
-        ({"recovery_rate": None, "label_accuracy": _stat(0.96)}, "high"),
-        ({"recovery_rate": _stat(0.0), "label_accuracy": _stat(0.85)}, "medium"),  # the worse of both
-        ({"label_accuracy": _stat(0.3)}, "none"),
-        (None, "unknown"),
+        (_one_seed(0, 0), None, "none"),
+        (_one_seed(5, 5), None, "none"),  # matched by the null: no leakage however many are recovered
+        (_one_seed(12, 12), None, "none"),
+        (_one_seed(2, 0), None, "none"),  # 2/64 is within chance of the null's 0/64 (Newcombe)
+        (_one_seed(6, 0), None, "low"),
+        (_one_seed(10, 0), None, "medium"),
+        (_one_seed(30, 0), None, "high"),
+        (_one_seed(60, 40), None, "medium"),
+        (Evidence((0.3, 0.32, 0.31), 90, 0, 300), None, "high"),  # seeds: Student-t lower end
+        (Evidence((0.3, -0.2, 0.4), 50, 0, 300), None, "none"),  # the spread over seeds reaches zero
+        (None, _one_seed(64, 36), "high"),  # label leakage 0.44: high on its own scale
+        (_one_seed(0, 0), _one_seed(50, 36), "low"),  # the worse of both (label lower end 0.06)
+        (None, _one_seed(36, 36), "none"),  # the label-blind guess itself
+        (None, None, "unknown"),
     ],
 )
-def test_risk_levels_follow_the_documented_cutoffs(metrics, level):
-    assert risk_level(metrics) == level
+def test_risk_levels_read_the_lower_end_of_the_leakage(images, labels, level):
+    assert risk_level(images, labels) == level
+
+
+def test_newcombe_lower_end_is_below_the_difference_and_tightens_with_counts():
+    assert newcombe_lower(10, 0, 64) < 10 / 64
+    assert newcombe_lower(100, 0, 640) > newcombe_lower(10, 0, 64)
+    assert newcombe_lower(64, 0, 64) > 0.9
 
 
 def test_interval_is_student_t_over_seeds_clipped_to_the_range():
@@ -85,3 +98,27 @@ def test_interval_is_student_t_over_seeds_clipped_to_the_range():
     assert interval(values, 0.0, 1.0)["ci95"] == pytest.approx([0.7 - half, 1.0])
     assert interval([0.3, None])["ci95"] is None and interval([0.3, None])["n"] == 1
     assert interval([None]) is None
+
+
+def test_a_match_counts_only_when_it_identifies_its_target_among_non_members(train):
+    """An exact copy is recovered; an image as close to a non-member of the pool as to its
+    target (a smooth, typical image) clears the PSNR threshold but identifies nobody."""
+    target = train.images[0]
+    near = (target + 0.02).clamp(0, 1)  # ~34 dB from its target
+    pool = torch.stack([near, torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(1))])
+    criterion = Criterion(20.0, reference=pool, margin_db=1.0)
+    exact = score(AttackOutput(target[None], (0,)), train, TRUTH, criterion).scores
+    assert exact.n_recovered == 1 and exact.n_psnr_recovered == 1 and exact.psnr_recovered_mean == 100.0
+    typical = score(AttackOutput(((target + near) / 2)[None], (0,)), train, TRUTH, criterion).scores
+    assert typical.n_psnr_recovered == 1 and typical.n_recovered == 0 and typical.psnr_recovered_mean is None
+
+
+def test_aggregates_count_every_target_and_partial_label_batches_are_not_scored(train):
+    """Two of three targets left unmatched are scored against the fill image in the means; two
+    labels for a three-sample batch get no label accuracy."""
+    fill = torch.zeros(1, 8, 8)
+    output = AttackOutput(train.images[:1], (0,), labels=torch.tensor([0, 1]))
+    scores = score(output, train, TRUTH, Criterion(20.0, fill=fill)).scores
+    against_fill = psnr(fill[None].expand(2, -1, -1, -1), train.images[1:3])
+    assert scores.psnr_mean == pytest.approx((100.0 + float(against_fill.sum())) / 3)
+    assert scores.psnr_recovered_mean == 100.0 and scores.label_accuracy is None and scores.n_labels == 2

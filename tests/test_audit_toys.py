@@ -87,6 +87,9 @@ class LinearLeakage(Attack):
     Params = LeakageParams
     needs_individual_updates = True
 
+    def prior_null(self, view, context):
+        return None
+
     def reconstruct(self, view, knowledge):
         uploads = view.uploads[: self.params.max_clients]
         images = torch.stack([leaked_image(u.update, view.layout, knowledge.image_shape) for u in uploads])
@@ -98,6 +101,9 @@ class AuxiliaryMean(Attack):
 
     name = "auxiliary_mean"
     threat_model = ThreatModel.CURIOUS_CLIENT
+
+    def prior_null(self, view, context):
+        return None
 
     def reconstruct(self, view, knowledge):
         peers = tuple(c for c in range(knowledge.num_clients) if c != view.client_id)
@@ -121,6 +127,9 @@ class MaliciousAggregate(Attack):
     def prepare(self, knowledge):
         return SetBias()
 
+    def prior_null(self, view, context):
+        return None
+
     def reconstruct(self, view, knowledge):
         if not torch.all(view.model.features[1].bias == MARKER):
             raise AssertionError("the server's hook did not shape the model it sent")
@@ -132,6 +141,9 @@ class LogitOnly(Attack):
     name = "logit_only"
     threat_model = ThreatModel.LOGIT_SERVER
 
+    def prior_null(self, view, context):
+        return None
+
     def reconstruct(self, view, knowledge):
         raise AssertionError("never run: no scenario produces logit views")
 
@@ -139,6 +151,9 @@ class LogitOnly(Attack):
 class Crashes(Attack):
     name = "crashes"
     threat_model = ThreatModel.HONEST_SERVER
+
+    def prior_null(self, view, context):
+        return None
 
     def reconstruct(self, view, knowledge):
         raise RuntimeError("toy attack failure")

@@ -19,7 +19,9 @@ from torchvision.utils import save_image
 from flaudit.auditor.attacks.base import AttackerKnowledge
 from flaudit.auditor.attacks.dmgan import Dmgan, DmganParams, GanClient
 from flaudit.auditor.running.jobs import AttackJob, Component, Unit
+from flaudit.auditor.metrics.leakage import against_nulls
 from flaudit.auditor.metrics.measures import match_reconstructions
+from flaudit.auditor.metrics.scoring import Criterion, score_output
 from flaudit.core.errors import ConfigError, FlauditError
 from flaudit.scenarios.fedavg import FedAvgSimulation
 from flaudit.scenarios.hooks import FLHooks
@@ -78,6 +80,27 @@ def test_generator_output_is_classified_as_the_tracked_class(small):
     assert len(attack.adversary.history) == SMALL.rounds + 1  # one generator round per FL round, plus the final one
 
 
+def test_generator_images_match_the_victims_tracked_class_beyond_the_null(small):
+    """Not on the model the generator was trained against: each image is scored on the peers'
+    real data (closer to their mean 3 than to their mean of any other class) and against the
+    data-blind nulls (the adversary's own images and mean image, scored the same way). An
+    attack that leaks nothing fails this."""
+    world, attack, records, output = small
+    record = records[-1]
+    criterion = Criterion(20.0)
+    scores = score_output(output, world, record.ground_truth, criterion).scores
+    guesses = attack.nulls(record.peer_view(0), AttackerKnowledge.of(world), output, seed=1)
+    nulls = {g.name: score_output(g.output, world, record.ground_truth, criterion).scores for g in guesses}
+    leakage = against_nulls(scores, nulls)
+    assert set(nulls) == {"data", "mean"} and leakage.null_recovery_rate <= 0.1, nulls
+    assert scores.recovery_rate >= 0.4 and leakage.leakage >= 0.3, (scores, nulls)
+
+
+def test_an_adversary_holding_the_tracked_class_is_refused():
+    with pytest.raises(FlauditError, match="holds none of the tracked class 1; client 0 holds"):
+        run_attack(SMALL.replace(rounds=1), DmganParams(tracked_class=1, generator_steps=2))
+
+
 def test_adversary_uploads_from_its_own_data_only(small):
     """The adversary's trace holds its own samples only (the generated ones are not samples),
     its update reaches the aggregate, and its targets are its peers."""
@@ -119,13 +142,14 @@ def test_runner_installs_the_adversarial_client():
     params = DmganParams(generator_steps=20, images=8)
     job = AttackJob(
         cell_id="dmgan", scenario=SMALL.replace(rounds=2), defenses=(), attack=Component("dmgan", Dmgan, params),
-        attacked_round=1, attacker_client=None, psnr_threshold=20.0, grid_images=4, threads=1,
+        attacked_round=1, attacker_client=None, psnr_threshold=20.0, margin_db=1.0, grid_images=4, threads=1,
     )
     assert job.shapes_model
     [result] = Unit(job.scenario, (), 1, None, (job,)).run()
     assert result["status"] == "ok", result.get("error")
     assert result["target_clients"] == [1, 2, 3]
     assert result["metrics"]["n_reconstructed"] == 8 and result["diagnostics"]["generator_rounds"] == 3.0
+    assert result["metrics"]["n_targets"] == 8 and "leakage" in result["metrics"]  # each image vs the peers' class means
     assert isinstance(Dmgan(params).prepare(AttackerKnowledge.of(build_world(SMALL))), GanClient)
 
 

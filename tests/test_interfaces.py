@@ -46,6 +46,9 @@ class PerClient(Attack):
     threat_model = ThreatModel.HONEST_SERVER
     needs_individual_updates = True
 
+    def prior_null(self, view, context):
+        return None
+
     def reconstruct(self, view, knowledge):
         return AttackOutput(torch.zeros(1, *knowledge.image_shape), (0,))
 

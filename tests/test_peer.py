@@ -142,7 +142,7 @@ def test_runner_scores_the_peers():
     scenario = equal_peers(4, 4)
     job = AttackJob(
         cell_id="peer", scenario=scenario, defenses=(), attack=Component("peer", PeerReconstruction, PeerParams()),
-        attacked_round=0, attacker_client=None, psnr_threshold=20.0, grid_images=4, threads=1,
+        attacked_round=0, attacker_client=None, psnr_threshold=20.0, margin_db=1.0, grid_images=4, threads=1,
     )
     assert not job.shapes_model
     [result] = Unit(scenario, (), 1, None, (job,)).run()

@@ -8,14 +8,19 @@ and K=10 clients (the paper's Table 2).
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 
 import pytest
 import torch
 
 from flaudit.auditor.attacks.toolkit.inversion_net import pick_distinct
-from flaudit.auditor.attacks.logit_inversion import PLIParams, confidence_gap_optimum, label_priors
-from flaudit.auditor.running.catalog import registered
+from flaudit.auditor.attacks.logit_inversion import (
+    PairedLogitsInversion, PLIParams, TrainingBasedInversion, confidence_gap_optimum, label_priors,
+)
+from flaudit.auditor.results import risk
+from flaudit.auditor.running.catalog import Catalog, registered
+from flaudit.core.registry import Registry
 from flaudit.auditor.metrics.class_scoring import class_means, score_representatives
 from flaudit.auditor.running.config import audit_from_document
 from flaudit.auditor.running.plan import build_plan
@@ -58,17 +63,17 @@ def test_best_of_k_picks_the_distinct_clean_reconstruction():
 def test_success_criterion_accepts_private_class_means_and_rejects_public_ones():
     world = scenario_kind("fedmd").build_world(ScenarioConfig(kind="fedmd", clients=1))
     private, public = world.data.train, world.public_truth
+    references = class_means(public.images, public.labels)[1]
     labels, means = class_means(private.images, private.labels)
-    metrics, matching, _ = score_representatives(means, labels, private, public)
-    assert metrics["recovery_rate"] == 1.0 and metrics["n_targets"] == len(world.target_labels)
-    assert matching.psnr.isinf().all()
+    scores = score_representatives(means, labels, private, references)
+    assert scores.n_recovered == scores.n_targets == len(world.target_labels)
+    assert scores.matching.psnr.isinf().all()
     auxiliary = public.subset(torch.nonzero(world.public.auxiliary_domain).flatten())
     blurred_labels, blurred = class_means(auxiliary.images, auxiliary.labels)
     assert torch.equal(blurred_labels, labels)
-    metrics, _, _ = score_representatives(blurred, labels, private, public)
-    assert metrics["recovery_rate"] == 0.0  # the insensitive public domain is no leak
-    metrics, _, _ = score_representatives(means[:2], labels[:2], private, public)
-    assert metrics["recovery_rate"] == 2 / len(labels)  # a missing class is a failure
+    assert score_representatives(blurred, labels, private, references).n_recovered == 0  # the public domain is no leak
+    scores = score_representatives(means[:2], labels[:2], private, references)
+    assert scores.n_recovered == 2 and scores.n_targets == 2  # only the classes it reconstructed are scored
 
 
 def audit(scenarios: str, attacks: tuple[str, ...], seeds: list[int], attack_tables: str = ""):
@@ -105,15 +110,50 @@ def test_attacks_apply_only_where_their_view_exists():
     assert "do not produce the logit-sharing server's view (LogitView)" in reasons["fedavg/none/tbi"]
 
 
-def test_pli_beats_tbi_through_the_auditor(tmp_path):
-    run = run_audit(audit(FEDMD_DIGITS, ("pli", "tbi"), [0]), RunOptions(tmp_path, progress=False), registered())
+class RandomLogitsPLI(PairedLogitsInversion):
+    """PLI fed random client logits (the real ones' scale): it observes nothing of the clients."""
+
+    name = "pli_random_logits"
+
+    def reconstruct(self, view, knowledge):
+        generator = torch.Generator().manual_seed(knowledge.seed)
+        fake = {k: torch.randn(l.shape, generator=generator) * l.std() + l.mean() for k, l in view.client_logits.items()}
+        return super().reconstruct(dataclasses.replace(view, client_logits=fake), knowledge)
+
+
+class ShuffledLogitsPLI(PairedLogitsInversion):
+    """PLI with each client's logits shuffled across the public samples they belong to."""
+
+    name = "pli_shuffled_logits"
+
+    def reconstruct(self, view, knowledge):
+        generator = torch.Generator().manual_seed(knowledge.seed)
+        shuffled = {k: l[torch.randperm(len(l), generator=generator)] for k, l in view.client_logits.items()}
+        return super().reconstruct(dataclasses.replace(view, client_logits=shuffled), knowledge)
+
+
+def pli_catalog() -> Catalog:
+    attacks = Registry("attack")
+    for cls in (PairedLogitsInversion, TrainingBasedInversion, RandomLogitsPLI, ShuffledLogitsPLI):
+        attacks.register(cls.name)(cls)
+    return Catalog(attacks, registered().defenses)
+
+
+def test_pli_is_scored_against_its_prior_and_random_logits_rate_no_higher(tmp_path):
+    """Through the auditor every cell carries its null (PLI's: its prior, Eq. 10's anchors,
+    public data only) and is rated by the leakage above it; PLI fed random client logits
+    observes nothing, so it must not be rated above none."""
+    config = audit(FEDMD_DIGITS, ("pli", "tbi", "pli_random_logits"), [0])
+    run = run_audit(config, RunOptions(tmp_path, progress=False), pli_catalog())
     cells = {c["attack"]["name"]: c for c in run.scorecard["cells"]}
     for cell in cells.values():
         assert cell["status"] == "ok", cell["errors"]
         assert cell["runs"][0]["target_clients"] == [0] and cell["metrics"]["n_targets"]["mean"] == 5
-    pli, tbi = (cells[name]["metrics"]["recovery_rate"]["mean"] for name in ("pli", "tbi"))
-    assert pli >= 0.8 and pli > tbi
-    assert cells["pli"]["risk"] == "high"
+        m = cell["metrics"]
+        assert m["leakage"]["mean"] == pytest.approx(m["recovery_rate"]["mean"] - m["null_recovery_rate"]["mean"])
+    assert cells["pli"]["runs"][0]["null"] in ("prior", "data", "mean")
+    assert cells["pli_random_logits"]["risk"] == "none", cells["pli_random_logits"]["metrics"]
+    assert risk.rank(cells["pli_random_logits"]["risk"]) <= risk.rank(cells["pli"]["risk"])
     utility = run.scorecard["utility"][0]
     assert utility["scenario"] == "fedmd" and utility["test_accuracy"]["mean"] > 0.8
     assert (tmp_path / "report.html").exists()
@@ -157,31 +197,49 @@ def test_must_show_table_pli_vs_tbi(tmp_path):
     assert wins >= 0.75 * 2 * len(columns)  # PLI at least as good as TBI in most settings
 
 
-NO_PRIOR = """
-[[attack]]
-name = "pli"
-label = "pli-no-prior"
-gamma = 0.0
-translation_steps = 0
-"""
+HONEST_TABLE_DATASETS = {"digits": "", "lfw_subset": "logit_options = {blur_kernel = 3}\n"}
+HONEST_VARIANTS = ("pli", "pli_shuffled_logits", "pli_random_logits")
+
+
+def prior_alone(kind: str, dataset: str, extra: str, seed: int) -> float:
+    """Attack accuracy of PLI's prior images alone (Eq. 10's anchors: public data only)."""
+    table = tomllib.loads(f'kind = "{kind}"\ndataset = "{dataset}"\nclients = 1\nseed = {seed}\n{extra}')
+    world = scenario_kind(kind).build_world(ScenarioConfig(**table))
+    view = LogitView(0, world.public, world.target_labels, {}, torch.zeros(1, world.data.train.num_classes))
+    references = class_means(world.public_truth.images, world.public_truth.labels)[1]
+    scores = score_representatives(label_priors(view, PLIParams()), torch.tensor(world.target_labels), world.data.train, references)
+    return scores.n_recovered / scores.n_targets
 
 
 @pytest.mark.slow
-def test_ablation_prior(tmp_path):
-    """How much of PLI is its prior: PLI with gamma = 0 (confidence gap alone) against TBI, and
-    the prior images alone (public data only: deblurred D_a per label, or the D_0 mean)."""
-    for dataset, extra in TABLE_DATASETS.items():
-        config = audit(table_scenarios(dataset, extra), ("tbi",), TABLE_SEEDS, NO_PRIOR)
-        card = run_audit(config, RunOptions(tmp_path / dataset, progress=False), registered()).scorecard
+def test_must_show_pli_against_its_prior(tmp_path):
+    """Attack accuracy (%) of PLI, its prior alone, and PLI fed shuffled or random client
+    logits (K = 1, mean over seeds), with PLI's leakage above its larger null: PLI leaks only by
+    what it does beyond the prior, and a variant that observes nothing must not leak."""
+    rows: dict[str, dict[str, float]] = {}
+    for dataset, extra in HONEST_TABLE_DATASETS.items():
+        scenarios = "".join(
+            f'\n[[scenario]]\nlabel = "{kind}"\nkind = "{kind}"\ndataset = "{dataset}"\nmodel = "fedmd_cnn"\n'
+            f"clients = 1\nrounds = 3\nbatch_size = 16\nlocal_epochs = 2\n{extra}"
+            for kind in ("dsfl", "fedgems", "fedmd")
+        )
+        card = run_audit(audit(scenarios, HONEST_VARIANTS, TABLE_SEEDS), RunOptions(tmp_path / dataset, progress=False),
+                         pli_catalog()).scorecard
         for cell in card["cells"]:
-            print(f'{dataset} {cell["id"]}: {100 * cell["metrics"]["recovery_rate"]["mean"]:.1f}')
-        for kind in ("dsfl", "fedmd"):
-            rates = []
-            for seed in TABLE_SEEDS:
-                table = tomllib.loads(f'kind = "{kind}"\ndataset = "{dataset}"\nclients = 1\nseed = {seed}\n{extra}')
-                world = scenario_kind(kind).build_world(ScenarioConfig(**table))
-                view = LogitView(0, world.public, world.target_labels, {}, torch.zeros(1, world.data.train.num_classes))
-                priors = label_priors(view, PLIParams())
-                metrics, _, _ = score_representatives(priors, torch.tensor(world.target_labels), world.data.train, world.public_truth)
-                rates.append(metrics["recovery_rate"])
-            print(f"{dataset} prior alone ({kind} public set): {100 * sum(rates) / len(rates):.1f}")
+            assert cell["status"] == "ok", cell["errors"]
+            column, m = f'{dataset}/{cell["scenario"]}', cell["metrics"]
+            rows.setdefault(cell["attack"]["name"], {})[column] = 100 * m["recovery_rate"]["mean"]
+            if cell["attack"]["name"] == "pli":
+                rows.setdefault("pli: leakage over its null", {})[column] = 100 * m["leakage"]["mean"]
+                rows.setdefault("pli: risk", {})[column] = cell["risk"]
+            elif cell["attack"]["name"] == "pli_random_logits":
+                assert cell["risk"] == "none", cell["metrics"]
+        for kind in ("dsfl", "fedgems", "fedmd"):
+            rates = [prior_alone(kind, dataset, extra, seed) for seed in TABLE_SEEDS]
+            rows.setdefault("prior alone", {})[f"{dataset}/{kind}"] = 100 * sum(rates) / len(rates)
+    columns = [f"{d}/{kind}" for d in HONEST_TABLE_DATASETS for kind in ("dsfl", "fedgems", "fedmd")]
+    print("\n| attack accuracy (%) | " + " | ".join(columns) + " |")
+    print("|---" * (len(columns) + 1) + "|")
+    for row in ("pli", "prior alone", "pli_shuffled_logits", "pli_random_logits", "pli: leakage over its null", "pli: risk"):
+        cells = (rows[row][c] if isinstance(rows[row][c], str) else f"{rows[row][c]:.1f}" for c in columns)
+        print(f"| {row} | " + " | ".join(cells) + " |")

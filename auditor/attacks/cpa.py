@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from flaudit.auditor.attacks.registry import register_attack
-from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput
+from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput, NullContext
 from flaudit.auditor.attacks.toolkit.feature_inversion import InversionSettings, invert_features
 from flaudit.auditor.attacks.toolkit.honest_server import HonestServerAttack
 from flaudit.auditor.attacks.toolkit.image_priors import spatial_differences
@@ -145,6 +145,10 @@ def to_unit_range(images: torch.Tensor) -> torch.Tensor:
 class CocktailPartyAttack(HonestServerAttack):
     Params = CpaParams
     profiles = {"full": {"iterations": 25000, "lr": 0.001, "inversion_iterations": 25000, "inversion_lr": 0.001}}
+
+    def prior_null(self, view, context: NullContext) -> None:
+        """ICA unmixes the update alone: no prior beyond the attacker's data (its nulls)."""
+        return None
 
     def reconstruct(self, view: ServerView, knowledge: AttackerKnowledge) -> AttackOutput:
         params = self.params

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from flaudit.auditor.attacks.registry import register_attack
-from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput
+from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput, NullContext
 from flaudit.auditor.attacks.toolkit.honest_server import HonestServerAttack
 from flaudit.auditor.attacks.inverting_gradients import IgParams, optimise_images, update_objective
 from flaudit.auditor.attacks.label_inference import inferred_labels
@@ -42,6 +42,12 @@ def epoch_spread(copies: Tensor) -> Tensor:
 class DataLeakageFedAvg(HonestServerAttack):
     Params = DlfParams
     profiles = {"full": {"iterations": 400, "restarts": 2}}
+
+    label_step = "labels"  # its label step is the labels row
+
+    def prior_null(self, view, context: NullContext) -> torch.Tensor | None:
+        """One image per inferred label: the attacker's class means of the label-blind labels."""
+        return context.class_means()
 
     def reconstruct(self, view: ServerView, knowledge: AttackerKnowledge) -> AttackOutput:
         upload = self.target(view)

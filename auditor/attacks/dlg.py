@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from flaudit.auditor.attacks.registry import register_attack
-from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput
+from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput, NullContext
 from flaudit.auditor.attacks.toolkit.honest_server import HonestServerAttack
 from flaudit.auditor.attacks.label_inference import inferred_counts, labels_from_counts, round_counts
 from flaudit.auditor.attacks.toolkit.local_update import gradient_distance, parameter_mask, simulate_update
@@ -49,6 +49,10 @@ class GradientLeakage(HonestServerAttack):
         self, view: ServerView, upload: ClientUpload, knowledge: AttackerKnowledge, n: int, generator: torch.Generator
     ) -> tuple[list[Tensor], Callable[[], Tensor]]:
         """The label variables L-BFGS also optimises, and the labels (ids or probabilities)."""
+
+    def prior_null(self, view, context: NullContext) -> None:
+        """Dummies start from uniform noise: no prior beyond the attacker's data (its nulls)."""
+        return None
 
     def reconstruct(self, view: ServerView, knowledge: AttackerKnowledge) -> AttackOutput:
         upload = self.target(view)
@@ -93,6 +97,8 @@ class Dlg(GradientLeakage):
 
 @register_attack("idlg", "iDLG: DLG with the labels inferred from the update (sign rule / label counts)")
 class Idlg(GradientLeakage):
+    label_step = "labels"  # its label step is the labels row
+
     def dummy_labels(self, view, upload, knowledge, n, generator):
         """iDLG: the sign rule for one sample; for a dummy batch, the client's inferred label
         counts scaled to its size."""

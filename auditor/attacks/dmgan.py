@@ -15,7 +15,12 @@ client sees: the global models it receives and its own data.
 ``reconstruct`` runs step (a) once more against the newest global model (the attacked round's
 result) and returns the generator's images. They are class prototypes, not particular
 samples, and the adversary cannot know which peers hold the class, so the targets are all its
-peers (the auditor matches each image to its closest peer sample).
+peers, and each image represents the tracked class (``AttackOutput.represents``): it succeeds
+when it is closer (SSIM) to the mean of the tracked class's samples its peers hold than to
+their mean of any other class. That is measured on the victims' data, not on the model the
+generator was trained against (which would call any image it was optimised for the tracked
+class). Precondition (Hitaj et al.): the adversary holds none of the tracked class, else
+seeing it proves nothing; its null is then its own mean image (the class mean of its data).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from flaudit.auditor.attacks.registry import register_attack
-from flaudit.auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput, ThreatModel
+from flaudit.auditor.attacks.base import OWN_DATA, Attack, AttackerKnowledge, AttackOutput, NullContext, ThreatModel
 from flaudit.auditor.attacks.toolkit.curious_client import needs_full_participation, peers
 from flaudit.auditor.attacks.toolkit.generators import ImageGenerator
 from flaudit.defenses.base import Defense
@@ -176,6 +181,10 @@ class Dmgan(Attack):
         self.adversary = GanClient(self.params, knowledge)
         return self.adversary
 
+    def prior_null(self, view, context: NullContext) -> None:
+        """The attacker holds none of the tracked class, so its class mean is its own mean image: the ``mean`` null."""
+        return None
+
     def reconstruct(self, view: PeerView, knowledge: AttackerKnowledge) -> AttackOutput:
         adversary = self.adversary
         if adversary is None or adversary.client_id is None:
@@ -183,6 +192,14 @@ class Dmgan(Attack):
         if adversary.client_id != view.client_id:
             raise FlauditError(
                 f"dmgan: the adversarial client is client {adversary.client_id}, the view is client {view.client_id}'s"
+            )
+        tracked = self.params.tracked_class
+        own = OWN_DATA[self.threat_model](view, knowledge)
+        held = int((own.labels == tracked).sum()) if own.labels is not None else 0
+        if held:
+            raise FlauditError(
+                f"dmgan presumes the adversary holds none of the tracked class {tracked}; client {view.client_id} holds "
+                f"{held} (set attack.dmgan.tracked_class to a class it lacks, or audit.attacker_client)"
             )
         adversary.train_generator(view.model_after)
         images = adversary.generate(adversary.tracking_noise)
@@ -197,4 +214,5 @@ class Dmgan(Attack):
             "generator_loss": adversary.last_loss,
             "own_tracked_samples": float(adversary.own_tracked_samples),
         }
-        return AttackOutput(images.cpu(), target_clients=peers(view, knowledge), diagnostics=diagnostics)
+        represents = torch.full((len(images),), tracked, dtype=torch.long)
+        return AttackOutput(images.cpu(), target_clients=peers(view, knowledge), diagnostics=diagnostics, represents=represents)

@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from flaudit.auditor.attacks.registry import register_attack
-from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput
+from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput, NullContext
 from flaudit.auditor.attacks.toolkit.generators import ConditionalDecoder, DecoderSpec, trained_decoder, untrained_decoder
 from flaudit.auditor.attacks.toolkit.honest_server import HonestServerAttack
 from flaudit.auditor.attacks.toolkit.imprint import local_steps
@@ -81,6 +81,7 @@ def search_latent(loss: Callable[[np.ndarray], float], p: GglParams, seed: int) 
 class Ggl(HonestServerAttack):
     Params = GglParams
     profiles = {"full": {"evaluations": 25000, "prior_steps": 3000}}
+    label_step = "labels"  # its label step is the labels row
 
     def not_applicable(self, scenario: ScenarioConfig, defenses: Sequence[Defense]) -> str | None:
         reason = super().not_applicable(scenario, defenses)
@@ -97,6 +98,18 @@ class Ggl(HonestServerAttack):
             raise ConfigError("ggl trains its generator on the attacker's auxiliary data: set scenario.auxiliary_samples")
         spec = DecoderSpec(p.latent_dim, p.width, p.prior_steps, p.prior_batch, p.prior_lr, seed)
         return trained_decoder(knowledge.auxiliary, spec, device)
+
+    def prior_null(self, view: ServerView, context: NullContext) -> torch.Tensor | None:
+        """The generator with no update to match: its image at the latent origin (where the
+        search starts) of the label-blind guess's most frequent label."""
+        if context.labels is None:
+            return None
+        label = torch.bincount(context.labels, minlength=context.knowledge.num_classes).argmax()[None]
+        device = context.knowledge.device
+        decoder = self.generator(context.knowledge, device)
+        with torch.no_grad():
+            image = decoder(torch.zeros(1, self.params.latent_dim, device=device), label.to(device))
+        return image.expand(context.count, -1, -1, -1)
 
     def reconstruct(self, view: ServerView, knowledge: AttackerKnowledge) -> AttackOutput:
         p = self.params

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from flaudit.auditor.attacks.registry import register_attack
-from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput
+from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput, NullContext
 from flaudit.auditor.attacks.toolkit.generators import ImageGenerator
 from flaudit.auditor.attacks.toolkit.honest_server import HonestServerAttack
 from flaudit.auditor.attacks.toolkit.imprint import local_steps
@@ -107,6 +107,10 @@ class LayerWasserstein:
 class Grnn(HonestServerAttack):
     Params = GrnnParams
     profiles = {"full": {"iterations": 1000, "lr": 1e-4, "momentum": 0.99}}
+
+    def prior_null(self, view, context: NullContext) -> torch.Tensor | None:
+        """Images with generated labels: the attacker's class means of the label-blind labels."""
+        return context.class_means()
 
     def reconstruct(self, view: ServerView, knowledge: AttackerKnowledge) -> AttackOutput:
         p = self.params

@@ -64,6 +64,10 @@ class Inconsistency(Attack):
         super().__init__(params)
         self.inner = self._inner_attack()
 
+    def prior_null(self, view, context):
+        """The inner attack's prior: isolating the update adds nothing a data-blind guess has."""
+        return self.inner.prior_null(view, context)
+
     def _inner_attack(self) -> Attack:
         from flaudit.auditor.attacks.registry import ATTACKS
 

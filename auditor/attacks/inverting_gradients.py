@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from tqdm.auto import trange
 
 from flaudit.auditor.attacks.registry import register_attack
-from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput
+from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput, NullContext
 from flaudit.auditor.attacks.toolkit.honest_server import HonestServerAttack
 from flaudit.auditor.attacks.label_inference import inferred_labels
 from flaudit.auditor.attacks.toolkit.image_priors import total_variation
@@ -137,6 +137,12 @@ def invert_update(
 class InvertingGradients(HonestServerAttack):
     Params = IgParams
     profiles = {"full": {"iterations": 24000, "restarts": 4}}
+
+    label_step = "labels"  # its label step is the labels row
+
+    def prior_null(self, view, context: NullContext) -> torch.Tensor | None:
+        """One image per inferred label: the attacker's class means of the label-blind labels."""
+        return context.class_means()
 
     def reconstruct(self, view: ServerView, knowledge: AttackerKnowledge) -> AttackOutput:
         upload = self.target(view)

@@ -33,9 +33,10 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from flaudit.auditor.attacks.registry import register_attack
-from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput
+from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput, NullContext
 from flaudit.auditor.attacks.toolkit.honest_server import HonestServerAttack
 from flaudit.auditor.attacks.toolkit.imprint import gradient_estimate, local_steps, momentum_coefficients
+from flaudit.auditor.attacks.toolkit.label_counts import round_counts
 from flaudit.core.tables import bounded
 from flaudit.core.errors import ConfigError
 from flaudit.scenarios.updates import ParamLayout
@@ -104,18 +105,6 @@ def probe_outputs(model: nn.Module, layer: LastLayer, probe: Tensor) -> ProbeOut
         hook.remove()
         model.train(was_training)
     return ProbeOutputs(F.softmax(logits, 1), captured[0].flatten(1).sum(1))
-
-
-def round_counts(estimate: Tensor, total: int) -> Tensor:
-    """Non-negative integer counts summing to ``total``, by largest remainder."""
-    estimate = estimate.double().clamp(min=0)
-    if float(estimate.sum()) <= 0:
-        estimate = torch.ones_like(estimate)
-    scaled = estimate * total / estimate.sum()
-    counts = scaled.floor().long()
-    remainder = total - int(counts.sum())
-    counts[(scaled - counts).argsort(descending=True)[:remainder]] += 1
-    return counts
 
 
 def project_to_simplex(v: Tensor) -> Tensor:
@@ -345,6 +334,10 @@ class LabelParams:
 @register_attack("labels", "label counts of one client from its update: iDLG sign rule, zero-shot counts, DLF's or RLU's multi-step counts")
 class LabelInference(HonestServerAttack):
     Params = LabelParams
+
+    def prior_null(self, view, context: NullContext) -> None:
+        """It returns no images; its labels' null is the label-blind guess."""
+        return None
 
     def reconstruct(self, view: ServerView, knowledge: AttackerKnowledge) -> AttackOutput:
         upload = self.target(view)

@@ -8,7 +8,8 @@ PLI pairs each client's softmax with that of a server model f0 the attacker trai
 set, trains the inversion network on the public labels' clean images ``D_0`` only, with a prior
 term (Eq. 3), and queries it with the confidence-gap optimum of Eq. 6 (client certain, server
 uncertain: private, not public, features). At those queries the network is pulled towards a
-per-label prior (Eq. 10, trained jointly with Eq. 3 as Algorithm 1 does each round): the
+per-label prior (Eq. 10, a bounded fine-tune after Eq. 3, as in Algorithm 1: trained jointly
+to convergence, it would return the prior itself, which the auditor's prior null shows): the
 deblurred ``D_a`` images of the label when the public set is labelled (a small deblurring
 network, trained on the attacker's own box-blurred ``D_0``, stands in for DeblurGAN-v2), the
 mean of ``D_0`` (Eq. 8) when it is not (DS-FL). Both attacks use the attacked round's logits
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flaudit.auditor.attacks.registry import register_attack
-from flaudit.auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput, ThreatModel
+from flaudit.auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput, ThreatModel, NullContext
 from flaudit.auditor.attacks.toolkit.inversion_net import Anchor, fit, pick_distinct, train_inversion
 from flaudit.core.tables import bounded
 from flaudit.scenarios.logit_sharing.world import box_blur
@@ -48,6 +49,9 @@ class InversionParams:
 @dataclass(frozen=True)
 class PLIParams(InversionParams):
     gamma: float = bounded(0.03, min=0.0, doc="weight of the prior terms, Eq. 3 and 10 (the paper's 0.03)")
+    anchor_steps: int = bounded(
+        20, min=0, doc="Adam steps fine-tuning each inversion network with Eq. 10 after Eq. 3 (Algorithm 1); 0: no Eq. 10"
+    )
     alpha: float = bounded(1.0, min=0.0, exclusive_min=True, doc="Eq. 4 weight of the server entropy; sets Eq. 6")
     server_model: str = "fedmd_cnn"  # the paper's server and client net: one conv, max-pool, linear
     server_epochs: int = bounded(3, min=1, doc="epochs training the attacker's server model f0 on the public set")
@@ -148,7 +152,11 @@ class PairedLogitsInversion(Attack):
 
     threat_model = ThreatModel.LOGIT_SERVER
     Params = PLIParams
-    profiles = {"full": {"steps": 3000, "server_epochs": 20, "translation_steps": 2000, "width": 64}}
+    profiles = {"full": {"steps": 3000, "anchor_steps": 300, "server_epochs": 20, "translation_steps": 2000, "width": 64}}
+
+    def prior_null(self, view: LogitView, context: NullContext) -> torch.Tensor:
+        """PLI's prior alone, no client logit: the per-label anchors of Eq. 10."""
+        return label_priors(view, self.params)
 
     def reconstruct(self, view: LogitView, knowledge: AttackerKnowledge) -> AttackOutput:
         p = self.params
@@ -164,7 +172,9 @@ class PairedLogitsInversion(Attack):
         candidates = {}
         for k, logits in view.client_logits.items():
             inputs = torch.cat([server, tempered(logits, p.temperature)], 1)[clean]
-            net = train_inversion(inputs, targets, anchors, p.width, p.steps, p.batch_size, p.lr, f"PLI client {k}")
+            net = train_inversion(
+                inputs, targets, anchors, p.width, p.steps, p.batch_size, p.lr, f"PLI client {k}", p.anchor_steps
+            )
             with torch.no_grad():
                 candidates[k] = net(queries)
         return best_of_clients(candidates, view, p.beta)
@@ -177,6 +187,10 @@ class TrainingBasedInversion(Attack):
     threat_model = ThreatModel.LOGIT_SERVER
     Params = InversionParams
     profiles = {"full": {"steps": 3000, "width": 64}}
+
+    def prior_null(self, view, context: NullContext) -> None:
+        """No prior: the inversion network is trained on the public set, which the ``data`` null draws from."""
+        return None
 
     def reconstruct(self, view: LogitView, knowledge: AttackerKnowledge) -> AttackOutput:
         p = self.params

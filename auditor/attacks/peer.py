@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from flaudit.auditor.attacks.registry import register_attack
-from flaudit.auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput, ThreatModel
+from flaudit.auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput, ThreatModel, NullContext
 from flaudit.auditor.attacks.toolkit.curious_client import needs_full_participation, peers
 from flaudit.auditor.attacks.inverting_gradients import IgParams, invert_update
 from flaudit.auditor.attacks.label_inference import PROBE_SAMPLES, infer_label_counts, labels_from_counts
@@ -101,6 +101,11 @@ class PeerReconstruction(Attack):
 
     def not_applicable(self, scenario: ScenarioConfig, defenses: Sequence[Defense]) -> str | None:
         return needs_full_participation(self.name, scenario) or super().not_applicable(scenario, defenses)
+
+    def prior_null(self, view: PeerView, context: NullContext) -> torch.Tensor | None:
+        """One image per inferred label: the attacker's class means of the label-blind labels
+        (its label step is its own: no other row reports it)."""
+        return context.class_means()
 
     def reconstruct(self, view: PeerView, knowledge: AttackerKnowledge) -> AttackOutput:
         params = self.params

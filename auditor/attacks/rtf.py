@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from flaudit.auditor.attacks.registry import register_attack
-from flaudit.auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput, ThreatModel
+from flaudit.auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput, ThreatModel, NullContext
 from flaudit.auditor.attacks.toolkit.imprint import (
     ImprintBlock,
     gradient_estimate,
@@ -176,6 +176,10 @@ class RobbingTheFed(Attack):
         query = principal_direction(centred)
         edges = quantile_edges(centred @ query, self.params.bins)
         return RtfServer(self.params, knowledge, aux.images.flatten(1).mean(0), query, edges)
+
+    def prior_null(self, view, context: NullContext) -> None:
+        """Images are solved from the update alone: no prior beyond the attacker's data (its nulls)."""
+        return None
 
     def reconstruct(self, view: ServerView, knowledge: AttackerKnowledge) -> AttackOutput:
         model = view.model

@@ -37,7 +37,7 @@ from torchvision.models import ResNet
 from tqdm.auto import tqdm
 
 from flaudit.auditor.attacks.registry import register_attack
-from flaudit.auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput, ThreatModel
+from flaudit.auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput, ThreatModel, NullContext
 from flaudit.auditor.attacks.toolkit.imprint import (
     gradient_estimate,
     isolation_bound,
@@ -424,6 +424,10 @@ class ScaleMia(Attack):
             raise ConfigError("scale_mia needs the attacker's auxiliary data: set scenario.auxiliary_samples (a few hundred)")
         self.server = ScaleMiaServer(self.params, knowledge)
         return self.server
+
+    def prior_null(self, view, context: NullContext) -> None:
+        """Latents are solved from the update alone; the decoder's image of the mean latent is close to the attacker's mean image, one of its nulls."""
+        return None
 
     def reconstruct(self, view: ServerView, knowledge: AttackerKnowledge) -> AttackOutput:
         if self.server is None or self.server.crafting is None:

@@ -6,15 +6,19 @@ reconstruction x^_j of target class j is compared with class means: it succeeds 
 image of class j (over the targeted clients' data), x_-j the mean private image of each other
 target class, and x_p the mean public image of each label of the public set (the blurred
 ``D_a`` copies included: a reconstruction of the insensitive public domain is no leak).
-Attack accuracy M/N (N: target classes the clients hold) is reported as ``recovery_rate``, so
-risk levels read it like any recovery rate; PSNR/SSIM/MSE are against x_j.
+Attack accuracy M/N (N: the reconstructions of a class the targets hold; for PLI, one per
+target class) is reported as ``recovery_rate``, so risk levels read it like any recovery rate;
+PSNR/SSIM/MSE are against x_j. In a FedAvg world (DMGAN's tracked class) there is no public
+set: x_-j, the other classes the targets hold, are the only references.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from flaudit.auditor.metrics.measures import PSNR_CEILING, Matching, psnr, ssim
+from flaudit.auditor.metrics.measures import Matching, PairScores, ssim
 from flaudit.scenarios.datasets import ImageDataset
 
 
@@ -30,30 +34,36 @@ def _best_similarity(image: torch.Tensor, references: torch.Tensor) -> float:
     return float(ssim(image.expand_as(references), references).max())
 
 
+@dataclass(frozen=True)
+class ClassScores:
+    """How many of the ``n_targets`` (image, class held by the targets) pairs met the class
+    criterion; ``matching`` pairs each image with its class mean (for scores and grids)."""
+
+    n_targets: int
+    n_recovered: int
+    matching: Matching
+    means: torch.Tensor
+
+
 def score_representatives(
-    images: torch.Tensor, represents: torch.Tensor, private: ImageDataset, public: ImageDataset,
-) -> tuple[dict[str, float], Matching, torch.Tensor]:
-    """Metrics, the class pairing (for grids) and the class means the reconstructions are
-    paired with. ``private``: the targeted clients' samples; ``images`` in [0, 1], one per
-    distinct class of ``represents``."""
+    images: torch.Tensor, represents: torch.Tensor, private: ImageDataset, references: torch.Tensor | None,
+) -> ClassScores:
+    """The class criterion for each image of a class the targets hold. ``private``: the targeted
+    clients' samples; ``references``: further mean images an image must beat (the public set's
+    class means for logit sharing), None for none; ``images`` in [0, 1], one class each in
+    ``represents`` (PLI: one image per class; DMGAN: many of its tracked class)."""
     classes, means = class_means(private.images, private.labels)
-    _, public_means = class_means(public.images, public.labels)
     position = {int(c): i for i, c in enumerate(classes)}
     pairs = [(position[int(c)], r) for r, c in enumerate(represents) if int(c) in position]
     target_idx = torch.tensor([t for t, _ in pairs], dtype=torch.long)
     recon_idx = torch.tensor([r for _, r in pairs], dtype=torch.long)
+    extra = references if references is not None else means[:0]
     recovered = 0
     for t, r in pairs:
         own = float(ssim(images[r : r + 1], means[t : t + 1]))
-        others = torch.cat([means[:t], means[t + 1 :]])
-        recovered += own > max(_best_similarity(images[r : r + 1], others), _best_similarity(images[r : r + 1], public_means))
-    a, b = images[recon_idx].double(), means[target_idx].double()
-    matching = Matching(target_idx, recon_idx, psnr(a, b), ssim(a, b), (a - b).pow(2).flatten(1).mean(1))
-    n_classes = len(classes)
-    metrics = {"n_targets": n_classes, "n_reconstructed": int(images.shape[0]),
-               "recovery_rate": recovered / n_classes, "n_recovered": recovered}
-    if pairs:
-        capped = matching.psnr.clamp(max=PSNR_CEILING)
-        metrics.update(psnr_mean=capped.mean().item(), psnr_median=capped.quantile(0.5).item(),
-                       ssim_mean=matching.ssim.mean().item(), mse_mean=matching.mse.mean().item())
-    return metrics, matching, means
+        others = torch.cat([means[:t], means[t + 1 :], extra])
+        recovered += own > _best_similarity(images[r : r + 1], others)
+    empty = torch.zeros(0, dtype=torch.float64)
+    scores = PairScores.of(images[recon_idx], means[target_idx]) if pairs else PairScores(empty, empty, empty)
+    matching = Matching(target_idx, recon_idx, scores.psnr, scores.ssim, scores.mse)
+    return ClassScores(len(pairs), recovered, matching, means)

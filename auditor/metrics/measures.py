@@ -227,10 +227,49 @@ def label_count_accuracy(
     return 1.0 - diff.abs().sum().item() / (predicted.numel() + true.numel())
 
 
+IDENTIFIABLE_MARGIN_DB = 1.0
+"""dB. A target is identifiably recovered when its matched reconstruction reaches the PSNR
+threshold and is closer to it than to every non-member of the reference pool by at least this
+much (README, "Scoring"): 1 dB is a 21% lower squared error than the nearest non-member's."""
+
+
+@torch.no_grad()
+def nearest_reference_psnr(recon: torch.Tensor, reference: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Per reconstruction ``[M, C, H, W]``, its PSNR to the closest image of ``reference``
+    ``[P, C, H, W]`` (float64 ``[M]``): how well it matches *some* non-member."""
+    _check_images(recon, reference, same_batch=False)
+    _check_range(data_range)
+    a, b = recon.double().flatten(1), reference.double().flatten(1)
+    rows = max(1, _CHUNK_ELEMENTS // b.numel())  # reconstructions per chunk of [rows, P, D] differences
+    best = torch.cat([(a[i : i + rows, None] - b[None]).square().mean(2).min(1).values for i in range(0, len(a), rows)])
+    return _psnr_from_mse(best, data_range)
+
+
+@dataclass(frozen=True)
+class PairScores:
+    """PSNR, SSIM and MSE of some (target, image) pairs, float64 ``[K]``."""
+
+    psnr: torch.Tensor
+    ssim: torch.Tensor
+    mse: torch.Tensor
+
+    @classmethod
+    def of(cls, images: torch.Tensor, targets: torch.Tensor, data_range: float = 1.0) -> "PairScores":
+        a, b = images.double(), targets.double()
+        err = _mse(a, b)
+        return cls(_psnr_from_mse(err, data_range), _ssim(a, b, data_range), err)
+
+
 @dataclass(frozen=True)
 class ReconstructionScores:
-    """One attack run's image scores. Means and median are over matched pairs, with PSNR capped
-    at ``PSNR_CEILING``; the recovery rate is over all ``n_targets``."""
+    """One attack run's image scores.
+
+    ``recovery_rate``: share of all ``n_targets`` identifiably recovered (PSNR threshold and,
+    given the matched reconstructions' PSNR to their nearest non-member, the margin over it);
+    ``psnr_rate``: by the PSNR threshold alone. Means and median are over every target, with
+    PSNR capped at ``PSNR_CEILING``: a target left unmatched is scored by what was put in its
+    place (``unmatched``; without it, the matched pairs only). ``psnr_recovered_mean``: over
+    the identifiably recovered targets, None when there are none."""
 
     psnr_mean: float
     psnr_median: float
@@ -239,19 +278,43 @@ class ReconstructionScores:
     recovery_rate: float
     n_targets: int
     n_recovered: int
+    psnr_rate: float
+    n_psnr_recovered: int
+    psnr_recovered_mean: float | None
 
 
-def summarize(matching: Matching, n_targets: int, psnr_threshold: float = 20.0) -> ReconstructionScores:
-    """Aggregate a matching; a target is recovered when its pair's (uncapped) PSNR is
-    ``>= psnr_threshold`` (default 20 dB, DESIGN.md "Metrics")."""
+def summarize(
+    matching: Matching,
+    n_targets: int,
+    psnr_threshold: float = 20.0,
+    *,
+    reference_psnr: torch.Tensor | None = None,
+    margin_db: float = IDENTIFIABLE_MARGIN_DB,
+    unmatched: PairScores | None = None,
+) -> ReconstructionScores:
+    """Aggregate a matching; a target's pair clears the threshold when its (uncapped) PSNR is
+    ``>= psnr_threshold`` (default 20 dB, DESIGN.md "Metrics"). ``reference_psnr``: per matched
+    pair, the reconstruction's PSNR to its nearest non-member (``nearest_reference_psnr``);
+    without it identifiable recovery is the PSNR criterion alone."""
+    psnr_hit = matching.psnr >= psnr_threshold
     rate = recovery_rate(matching.psnr, psnr_threshold, n_targets)
-    capped = matching.psnr.clamp(max=PSNR_CEILING)
+    hit = psnr_hit if reference_psnr is None else psnr_hit & (matching.psnr >= reference_psnr.to(matching.psnr) + margin_db)
+    every = matching if unmatched is None else PairScores(
+        torch.cat([matching.psnr, unmatched.psnr.to(matching.psnr)]),
+        torch.cat([matching.ssim, unmatched.ssim.to(matching.ssim)]),
+        torch.cat([matching.mse, unmatched.mse.to(matching.mse)]),
+    )
+    capped = every.psnr.clamp(max=PSNR_CEILING)
+    recovered = matching.psnr[hit].clamp(max=PSNR_CEILING)
     return ReconstructionScores(
         psnr_mean=capped.mean().item(),
         psnr_median=capped.quantile(0.5).item(),
-        ssim_mean=matching.ssim.mean().item(),
-        mse_mean=matching.mse.mean().item(),
-        recovery_rate=rate,
+        ssim_mean=every.ssim.mean().item(),
+        mse_mean=every.mse.mean().item(),
+        recovery_rate=int(hit.sum()) / n_targets,
         n_targets=n_targets,
-        n_recovered=int((matching.psnr >= psnr_threshold).sum()),
+        n_recovered=int(hit.sum()),
+        psnr_rate=rate,
+        n_psnr_recovered=int(psnr_hit.sum()),
+        psnr_recovered_mean=recovered.mean().item() if recovered.numel() else None,
     )

@@ -1,10 +1,13 @@
 """``flaudit gate``: did leakage grow from a baseline scorecard to a candidate beyond the
 tolerances? Both must audit the same matrix (same cell ids: scenario/defense/attack labels),
-so a candidate that only changes a defense's strength is compared cell by cell.
+so a candidate that only changes a defense's strength is compared cell by cell, and both must
+be ``flaudit.scorecard/2``: only it records leakage (a v1 scorecard is refused, exit 2).
 
-A cell regresses when a leakage metric's mean over seeds grows by more than its tolerance,
-when it failed in the candidate (its leakage is unknown), or when an attack that did not apply
-in the baseline applies in the candidate and leaks (risk above none).
+A cell regresses when its mean leakage over seeds (image: identifiable recovery above the null;
+label: label accuracy above the label-blind guess) grows by more than its tolerance, in those
+units; a candidate that returns fewer but better images is no regression unless it leaks more.
+It also regresses when it failed in the candidate (its leakage is unknown), or when an attack
+that did not apply in the baseline applies in the candidate and leaks (risk above none).
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from flaudit.auditor.results.cells import CellFigures, Stat
+from flaudit.auditor.results.scorecard import SCHEMA_ID, ScorecardError
 from flaudit.auditor.running.config import GateTolerances
-from flaudit.auditor.results.scorecard import ScorecardError
 from flaudit.auditor.running.store import atomic_write
 from flaudit.core.tables import from_mapping
 
@@ -58,9 +62,25 @@ def tolerances_of(scorecard: Mapping[str, Any]) -> GateTolerances:
     return from_mapping(GateTolerances, scorecard["audit"]["gate"], "gate")
 
 
+LEAKAGE_OF = {  # gate tolerance -> the cell's leakage it bounds
+    "leakage": lambda f: f.images.leakage if f.images else None,
+    "label_leakage": lambda f: f.labels.leakage if f.labels else None,
+}
+
+
 def _mean(cell: Mapping[str, Any], metric: str) -> float | None:
-    stat = (cell["metrics"] or {}).get(metric)
-    return None if stat is None else stat["mean"]
+    stat: Stat | None = LEAKAGE_OF[metric](CellFigures.of(cell))
+    return None if stat is None else stat.mean
+
+
+def check_versions(baseline: Mapping[str, Any], candidate: Mapping[str, Any]) -> None:
+    older = [(name, d["schema"]) for name, d in (("baseline", baseline), ("candidate", candidate)) if d["schema"] != SCHEMA_ID]
+    if older:
+        name, schema = older[0]
+        raise ScorecardError(
+            f"the {name} is a {schema} scorecard, which records no leakage; gate compares {SCHEMA_ID} scorecards "
+            f"only: re-run the {name} audit with this flaudit"
+        )
 
 
 def _check_matrix(baseline: Mapping[str, Any], candidate: Mapping[str, Any]) -> None:
@@ -118,6 +138,7 @@ def dp_violation_findings(candidate: Mapping[str, Any]) -> list[Finding]:
 
 
 def compare(baseline: Mapping[str, Any], candidate: Mapping[str, Any], tolerances: GateTolerances) -> GateResult:
+    check_versions(baseline, candidate)
     _check_matrix(baseline, candidate)
     base_cells = {c["id"]: c for c in baseline["cells"]}
     findings = [f for cell in candidate["cells"] for f in _cell_findings(base_cells[cell["id"]], cell, tolerances)]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from flaudit.auditor.results import risk
+from flaudit.auditor.results.cells import CellFigures, ImageFigures, Stat, counts_text, labels_text
 from flaudit.auditor.results.plots import privacy_utility_png
 from flaudit.auditor.results.scorecard import worst_cells
 
@@ -30,18 +31,8 @@ def _png(data: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode()
 
 
-def _pct(stat: Mapping[str, Any] | None) -> str:
-    return "–" if not stat else f"{100 * stat['mean']:.0f}%"
-
-
 def _num(stat: Mapping[str, Any] | None, digits: int = 1, unit: str = "") -> str:
-    if not stat:
-        return "–"
-    text = f"{stat['mean']:.{digits}f}{unit}"
-    if stat.get("ci95"):
-        low, high = stat["ci95"]
-        text += f" <span class=muted>[{low:.{digits}f}, {high:.{digits}f}]</span>"
-    return text
+    return _stat(Stat.of(stat), digits, unit)
 
 
 def _params(params: Mapping[str, Any]) -> str:
@@ -58,20 +49,39 @@ def _matrix_cell(cell: Mapping[str, Any]) -> str:
     colour = risk.COLOURS[cell["risk"]]
     if cell["status"] == "not_applicable":
         return f'<td class=cell style="background:{colour}" title="{escape(cell["reason"])}"><b>n/a</b><span class=small>{escape(cell["reason"])}</span></td>'
-    metrics = cell["metrics"] or {}
+    figures = CellFigures.of(cell)
     lines = [f"<b>{escape(cell['risk'])}</b>"]
-    if metrics.get("recovery_rate"):
-        lines.append(f"recovered {_pct(metrics['recovery_rate'])}")
-        lines.append(f"PSNR {_num(metrics['psnr_mean'], 1, ' dB')}")
-        lines.append(f"SSIM {_num(metrics['ssim_mean'], 2)}")
-    if metrics.get("label_accuracy"):
-        lines.append(f"labels {_pct(metrics['label_accuracy'])}")
+    if figures.images:
+        lines += _image_lines(figures.images)
+    if figures.labels:
+        lines.append(escape(labels_text(figures.labels)))
+    if figures.failed:
+        lines.append(f'<span class=small title="{escape(figures.first_error or "")}">{figures.failed} seed(s) failed</span>')
     if cell.get("dp_violation"):
         lines.append('<span class=violation>dp_violation</span>')
-    if cell["errors"]:
-        message = cell["errors"][0]["message"]
-        lines.append(f'<span class=small title="{escape(message)}">{len(cell["errors"])} seed(s) failed</span>')
     return f'<td class=cell style="background:{colour}">' + "<br>".join(lines) + "</td>"
+
+
+def _stat(stat: Stat | None, digits: int = 1, unit: str = "", scale: float = 1.0) -> str:
+    if stat is None:
+        return "–"
+    text = f"{scale * stat.mean:.{digits}f}{unit}"
+    if stat.ci95:
+        text += f" <span class=muted>[{scale * stat.ci95[0]:.{digits}f}, {scale * stat.ci95[1]:.{digits}f}]</span>"
+    return text
+
+
+def _image_lines(images: ImageFigures) -> list[str]:
+    """Counts (never a bare rate), the leakage it was rated by, then the PSNR figures."""
+    lines = [escape(counts_text(images))]
+    if images.leakage:
+        lines.append(f"leakage {_stat(images.leakage, 1, '%', 100.0)}")
+    if images.psnr_hits is not None:
+        lines.append(f'<span class=small>PSNR alone: {images.psnr_hits}/{images.trials}</span>')
+    lines.append(f"PSNR {_stat(images.psnr_mean, 1, ' dB')}")
+    if images.psnr_recovered:
+        lines.append(f'<span class=small>of the recovered: {_stat(images.psnr_recovered, 1, " dB")}</span>')
+    return lines
 
 
 def _utility_cell(entry: Mapping[str, Any]) -> str:
@@ -99,17 +109,27 @@ def _matrix(document: Mapping[str, Any], scenario: str) -> str:
 
 
 def _legend(document: Mapping[str, Any]) -> str:
-    cut = document["audit"]["risk_thresholds"]
-    rate, labels = cut["recovery_rate"], cut["label_accuracy"]
+    audit = document["audit"]
     chips = "".join(f'<span style="background:{risk.COLOURS[level]}">{level}</span>' for level in (*risk.LEVELS, risk.UNKNOWN, risk.NOT_APPLICABLE, risk.UNSCORED))
-    return (
-        f"<p class=chips>{chips}</p><p class=small>Risk from the recovery rate (share of targets whose matched "
-        f"reconstruction reaches {document['audit']['psnr_threshold']:g} dB PSNR, mean over seeds): low &gt; 0, "
-        f"medium &ge; {rate['medium']:.0%}, high &ge; {rate['high']:.0%}. Label inference by label accuracy: "
-        f"low &ge; {labels['low']:.0%}, medium &ge; {labels['medium']:.0%}, high &ge; {labels['high']:.0%}; "
-        "an attack that yields both is rated by the worse. An attack that returns nothing recovered nothing. "
-        "<i>unknown</i>: every seed failed. Brackets: 95% interval over seeds.</p>"
+    cutoffs = "; ".join(
+        f"{escape(name)}: low &gt; {cut['low']:g}, medium &ge; {cut['medium']:g}, high &ge; {cut['high']:g}"
+        for name, cut in audit["risk_thresholds"].items()
     )
+    if "identifiable_margin_db" not in audit:  # a flaudit.scorecard/1 audit: risk from raw recovery
+        text = (f"Risk from the recovery rate (matched reconstruction reaches {audit['psnr_threshold']:g} dB PSNR, mean "
+                f"over seeds) and label accuracy, by the worse ({cutoffs}). This scorecard predates null baselines.")
+    else:
+        text = (
+            f"A target is <i>recovered</i> when its matched reconstruction reaches {audit['psnr_threshold']:g} dB PSNR "
+            f"and is {audit['identifiable_margin_db']:g} dB closer to it than to every non-member of the test split. "
+            "The <i>null</i> is the best data-blind guess on the same targets (the attacker's own images, their mean, "
+            "the attack's prior without the observation; labels: the attacker's label distribution). "
+            "<i>Leakage</i> = recovery &minus; null. Risk is read from the lower end of the leakage's 95% interval "
+            "(over seeds; with one seed, Newcombe's interval on the counts): none unless it is above the null "
+            f"({cutoffs}); a cell is rated by its own output, not by a label step the labels row reports. "
+            "PSNR is the mean over every target (an unrecovered one scored against the attacker's mean image)."
+        )
+    return f"<p class=chips>{chips}</p><p class=small>{text} <i>unknown</i>: every seed failed, or nothing the attack returned could be scored. Brackets: 95% interval over seeds.</p>"
 
 
 def _audited(document: Mapping[str, Any]) -> str:
@@ -149,10 +169,10 @@ def _grids(document: Mapping[str, Any], out: Path, count: int) -> str:
         if not path.is_file():
             parts.append(f"<p>{escape(cell['id'])}: grid {escape(str(path))} is missing.</p>")
             continue
-        m = cell["metrics"]
+        figures = CellFigures.of(cell)
+        what = escape(counts_text(figures.images)) if figures.images else "no image recovered"
         caption = (
-            f"<b>{escape(cell['id'])}</b> (seed {cell['artifacts'][0]['seed']}): risk {escape(cell['risk'])}, "
-            f"recovered {_pct(m['recovery_rate'])}, PSNR {_num(m['psnr_mean'], 1, ' dB')}. "
+            f"<b>{escape(cell['id'])}</b> (seed {cell['artifacts'][0]['seed']}): risk {escape(cell['risk'])}, {what}. "
             "Top row: original client images; bottom row: their matched reconstructions, best-recovered first."
         )
         parts.append(f'<figure><img alt="{escape(cell["id"])}" src="{_png(path.read_bytes())}"><figcaption>{caption}</figcaption></figure>')

@@ -1,9 +1,11 @@
-"""The scorecard (``DIR/scorecard.json``, schema ``flaudit.scorecard/1``): every cell of the
-matrix with its per-seed runs, metrics as means with 95% intervals over seeds, utility with
-and without the defense, risk level and artifacts, plus the environment manifest.
+"""The scorecard (``DIR/scorecard.json``, schema ``flaudit.scorecard/2``): every cell of the
+matrix with its per-seed runs, metrics as means with 95% intervals over seeds (the attack's,
+its null's and their difference, the leakage), utility with and without the defense, the risk
+level with the evidence it was read from, and artifacts, plus the environment manifest.
 
-The JSON Schema ships in the package (``auditor/results/schemas/scorecard.schema.json``); every
-scorecard is validated against it when written and when read.
+The JSON Schemas ship in the package (``auditor/results/schemas/``); every scorecard is
+validated against its own when written and when read. Version 1 scorecards (no nulls, risk from
+raw recovery) still load and render; ``flaudit gate`` compares version 2 only.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -29,17 +32,24 @@ from flaudit.core.errors import FlauditError
 if TYPE_CHECKING:  # building needs the plan; reading and validating must stay light
     from flaudit.auditor.running.plan import AuditPlan, Cell
 
-SCHEMA_ID = "flaudit.scorecard/1"
-SCHEMA_FILE = "scorecard.schema.json"
+SCHEMA_ID = "flaudit.scorecard/2"
+SCHEMA_V1 = "flaudit.scorecard/1"
+SCHEMA_FILES = {SCHEMA_ID: "scorecard-2.schema.json", SCHEMA_V1: "scorecard.schema.json"}
 SCORECARD = "scorecard.json"
+_RATE, _SIGNED, _POSITIVE = (0.0, 1.0), (-1.0, 1.0), (0.0, math.inf)
 RANGES = {  # natural range of each quantity, for clipping its interval
-    "recovery_rate": (0.0, 1.0), "label_accuracy": (0.0, 1.0), "ssim_mean": (-1.0, 1.0), "psnr_mean": (0.0, math.inf),
-    "psnr_median": (0.0, math.inf), "mse_mean": (0.0, math.inf), "attack_seconds": (0.0, math.inf),
-    "n_targets": (0.0, math.inf), "n_recovered": (0.0, math.inf), "test_accuracy": (0.0, 1.0), "accuracy_drop": (-1.0, 1.0),
+    "recovery_rate": _RATE, "psnr_rate": _RATE, "null_recovery_rate": _RATE, "null_psnr_rate": _RATE,
+    "leakage": _SIGNED, "label_accuracy": _RATE, "label_null_accuracy": _RATE, "label_leakage": _SIGNED,
+    "ssim_mean": _SIGNED, "psnr_mean": _POSITIVE, "psnr_median": _POSITIVE, "psnr_recovered_mean": _POSITIVE,
+    "mse_mean": _POSITIVE, "attack_seconds": _POSITIVE, "n_targets": _POSITIVE, "n_reconstructed": _POSITIVE,
+    "n_recovered": _POSITIVE, "n_psnr_recovered": _POSITIVE, "n_null_recovered": _POSITIVE, "n_labels": _POSITIVE,
+    "test_accuracy": _RATE, "accuracy_drop": _SIGNED,
 }
 METRICS = (
-    "recovery_rate", "psnr_mean", "psnr_median", "ssim_mean", "mse_mean", "label_accuracy",
-    "attack_seconds", "n_targets", "n_recovered",
+    "recovery_rate", "psnr_rate", "null_recovery_rate", "null_psnr_rate", "leakage",
+    "label_accuracy", "label_null_accuracy", "label_leakage",
+    "psnr_mean", "psnr_median", "psnr_recovered_mean", "ssim_mean", "mse_mean",
+    "attack_seconds", "n_targets", "n_reconstructed", "n_recovered", "n_psnr_recovered", "n_null_recovered", "n_labels",
 )
 
 
@@ -47,20 +57,22 @@ class ScorecardError(FlauditError):
     """A scorecard file is missing, not JSON, of another schema, or invalid."""
 
 
-@lru_cache(maxsize=1)
-def schema() -> dict[str, Any]:
-    return json.loads(resources.files("flaudit.auditor.results").joinpath("schemas", SCHEMA_FILE).read_text())
+@lru_cache(maxsize=2)
+def schema(schema_id: str = SCHEMA_ID) -> dict[str, Any]:
+    return json.loads(resources.files("flaudit.auditor.results").joinpath("schemas", SCHEMA_FILES[schema_id]).read_text())
 
 
 def validate(document: Any, where: str = "scorecard") -> None:
+    """Validates against the document's own schema version (2, or the older 1)."""
     if not isinstance(document, Mapping):
         raise ScorecardError(f"{where} is not a JSON object")
-    if document.get("schema") != SCHEMA_ID:
-        raise ScorecardError(f"{where} has schema {document.get('schema')!r}; expected {SCHEMA_ID!r}")
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema()).iter_errors(document))
+    schema_id = document.get("schema")
+    if schema_id not in SCHEMA_FILES:
+        raise ScorecardError(f"{where} has schema {schema_id!r}; expected {SCHEMA_ID!r} (or the older {SCHEMA_V1!r})")
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema(schema_id)).iter_errors(document))
     if error is not None:
         location = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise ScorecardError(f"{where} does not follow {SCHEMA_ID} at {location}: {error.message}")
+        raise ScorecardError(f"{where} does not follow {schema_id} at {location}: {error.message}")
 
 
 def scorecard_path(path: Path) -> Path:
@@ -91,6 +103,8 @@ def _run_entry(seed: int, result: Mapping[str, Any]) -> dict[str, Any]:
     if result["status"] == "ok":
         entry.update(
             metrics={k: result["metrics"].get(k) for k in METRICS},
+            null=result["null"],
+            rated_by=result["rated_by"],
             attacked_round=result["attacked_round"],
             target_clients=result["target_clients"],
             test_accuracy_at_attack=result["test_accuracy_at_attack"],
@@ -148,14 +162,52 @@ def _metrics(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
     return {name: interval((m.get(name) for m in ok), *RANGES[name]) for name in METRICS}
 
 
+@dataclass(frozen=True)
+class Rated:
+    """The evidence a cell's risk level was read from: each rated output's leakage, with the
+    lower end of its interval and the rule that found it (``risk``)."""
+
+    output: str  # images, labels
+    lower: float
+    rule: str
+    hits: int
+    null_hits: int
+    trials: int
+    level: str
+
+
+def _evidence(ok: list[Mapping[str, Any]], output: str) -> risk.Evidence | None:
+    """A rated output's leakage over the ok runs, None when they are not rated by it."""
+    if not ok or any(output not in r["rated_by"] for r in ok):
+        return None
+    m = [r["metrics"] for r in ok]
+    if output == "images":
+        return risk.Evidence(tuple(x["leakage"] for x in m), sum(x["n_recovered"] or 0 for x in m),
+                             sum(x["n_null_recovered"] or 0 for x in m), sum(x["n_targets"] for x in m))
+    count = lambda key: sum(round(x[key] * x["n_labels"]) for x in m)  # noqa: E731 - shares of a whole batch
+    return risk.Evidence(tuple(x["label_leakage"] for x in m), count("label_accuracy"), count("label_null_accuracy"),
+                         sum(x["n_labels"] for x in m))
+
+
+def rating(runs: list[Mapping[str, Any]]) -> tuple[str, list[Rated]]:
+    """The risk level of a cell's runs and the evidence behind it."""
+    ok = [r for r in runs if r["status"] == "ok"]
+    found = {name: _evidence(ok, name) for name in ("images", "labels")}
+    cutoffs = {"images": risk.LEAKAGE_CUTOFFS, "labels": risk.LABEL_LEAKAGE_CUTOFFS}
+    rated = [Rated(name, e.lower, e.rule, e.hits, e.null_hits, e.trials, e.level(cutoffs[name]))
+             for name, e in found.items() if e is not None]
+    return risk.risk_level(found["images"], found["labels"]) if ok else risk.UNKNOWN, rated
+
+
 def _cell_entry(cell: Cell, results: Mapping[str, Mapping[str, Any]], utility: Mapping[tuple[str, str], dict]) -> dict:
     runs = [_run_entry(job.scenario.seed, results[job.key]) for job in cell.jobs]
+    rated: list[Rated] = []
     if cell.not_applicable:
         status, level, metrics = "not_applicable", risk.NOT_APPLICABLE, None
     else:
         metrics = _metrics(runs)
         status = "ok" if all(r["status"] == "ok" for r in runs) else "error"
-        level = risk.risk_level(metrics)
+        level, rated = rating(runs)
         if runs and all(r.get("unscored") for r in runs):
             level = risk.UNSCORED
     use = utility[cell.scenario.label, cell.defense.label]
@@ -170,6 +222,7 @@ def _cell_entry(cell: Cell, results: Mapping[str, Mapping[str, Any]], utility: M
         "metrics": metrics,
         "utility": {k: use[k] for k in ("test_accuracy", "baseline_test_accuracy", "accuracy_drop")},
         "risk": level,
+        "rated": to_json(rated),
         "artifacts": [{"seed": r["seed"], "grid": r["artifact"]} for r in runs if r.get("artifact")],
         "errors": [{"seed": r["seed"], **r["error"]} for r in runs if r["status"] == "error"],
         "runs": runs,
@@ -183,12 +236,12 @@ def _summary(cells: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def worst_cells(cells: list[Mapping[str, Any]], count: int) -> list[Mapping[str, Any]]:
-    """Scored cells ordered by leakage: risk, then recovery rate, then mean PSNR."""
+    """Scored cells ordered by leakage: risk, then image and label leakage, recovery rate, mean PSNR."""
 
     def leakage(cell: Mapping[str, Any]) -> tuple:
         metrics = cell["metrics"] or {}
         mean = lambda name: (metrics.get(name) or {}).get("mean", float("-inf"))  # noqa: E731
-        return (risk.rank(cell["risk"]), mean("recovery_rate"), mean("psnr_mean"), mean("label_accuracy"))
+        return (risk.rank(cell["risk"]), mean("leakage"), mean("label_leakage"), mean("recovery_rate"), mean("psnr_mean"))
 
     scored = [c for c in cells if c["metrics"]]
     return sorted(scored, key=leakage, reverse=True)[:count]
@@ -235,6 +288,7 @@ def build(plan: AuditPlan, results: Mapping[str, Mapping[str, Any]], manifest: M
             "config_hash": config.config_hash,
             "config": to_json(config.document),
             "psnr_threshold": options.psnr_threshold,
+            "identifiable_margin_db": options.identifiable_margin_db,
             "risk_thresholds": risk.thresholds(),
             "gate": dict(config.gate.items()),
             "scenarios": [

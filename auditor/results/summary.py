@@ -5,20 +5,23 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from flaudit.auditor.results.cells import CellFigures, counts_text, labels_text, signed_percent
+
 
 def _cell(cell: Mapping[str, Any]) -> str:
-    if cell["status"] == "not_applicable":
+    figures = CellFigures.of(cell)
+    if figures.status == "not_applicable":
         return "n/a"
-    metrics = cell["metrics"] or {}
-    parts = [f"**{cell['risk']}**"]
-    if metrics.get("recovery_rate"):
-        psnr = metrics.get("psnr_mean")
-        parts.append(f"{metrics['recovery_rate']['mean']:.0%}" + (f" @ {psnr['mean']:.1f} dB" if psnr else ""))
-    if metrics.get("label_accuracy"):
-        parts.append(f"labels {metrics['label_accuracy']['mean']:.0%}")
-    if cell["errors"]:
-        parts.append(f"{len(cell['errors'])} failed")
-    return " ".join(parts)
+    parts = [f"**{figures.risk}**"]
+    if figures.images:
+        parts.append(counts_text(figures.images))
+        if figures.images.leakage:
+            parts.append(f"leakage {signed_percent(figures.images.leakage)}")
+    if figures.labels:
+        parts.append(labels_text(figures.labels))
+    if figures.failed:
+        parts.append(f"{figures.failed} failed")
+    return f"{parts[0]} {' · '.join(parts[1:])}".rstrip()
 
 
 def _accuracy(entry: Mapping[str, Any] | None) -> str:
@@ -32,6 +35,14 @@ def _accuracy(entry: Mapping[str, Any] | None) -> str:
     return text
 
 
+def _criterion(audit: Mapping[str, Any]) -> str:
+    text = f"recovered = PSNR >= {audit['psnr_threshold']:g} dB"
+    if "identifiable_margin_db" not in audit:
+        return text
+    return (f"{text} and {audit['identifiable_margin_db']:g} dB closer than any non-member · risk from leakage "
+            "(recovery above the data-blind null, lower end of its 95% interval)")
+
+
 def render(document: Mapping[str, Any]) -> str:
     audit, summary = document["audit"], document["summary"]
     by_risk = summary["by_risk"]
@@ -43,7 +54,7 @@ def render(document: Mapping[str, Any]) -> str:
         + (f"{unscored} unscored (no ground truth), " if unscored else "")
         + f"{summary['not_applicable']} not applicable, "
         f"{summary['error']} failed · risk: high {by_risk['high']}, medium {by_risk['medium']}, "
-        f"low {by_risk['low']}, none {by_risk['none']} · recovered = PSNR >= {audit['psnr_threshold']:g} dB · "
+        f"low {by_risk['low']}, none {by_risk['none']} · {_criterion(audit)} · "
         f"config `{audit['config_hash'][:12]}`, profile {audit['profile']}",
     ]
     defenses = [d["label"] for d in audit["defenses"]]

@@ -53,6 +53,9 @@ class AuditOptions:
     name: str = "audit"
     profile: str | None = None  # used when --profile is not given
     psnr_threshold: float = bounded(20.0, doc="dB; a target is recovered at or above it")
+    identifiable_margin_db: float = bounded(
+        1.0, min=0.0, doc="dB; and only when its match is this much closer to it than to every non-member of the test split"
+    )
     attacked_round: int = bounded(-1, doc="0-based round the attacks observe; negative counts from the end")
     attacker_client: int | None = bounded(None, min=0, doc="curious-client attacks: the attacking client")
     threads: int = bounded(1, min=1, doc="torch threads per unit: fixed, so results do not depend on the executor; "
@@ -68,12 +71,12 @@ class AuditOptions:
 
 @dataclass(frozen=True)
 class GateTolerances:
-    """``[gate]``: the largest allowed increase of each leakage metric (candidate - baseline)."""
+    """``[gate]``: the largest allowed increase of each cell's mean leakage (candidate - baseline),
+    in leakage units: image leakage (recovery rate above the null) and label leakage (label
+    accuracy above the label-blind guess)."""
 
-    recovery_rate: float = bounded(0.02, min=0.0)
-    psnr_mean: float = bounded(1.0, min=0.0)
-    ssim_mean: float = bounded(0.02, min=0.0)
-    label_accuracy: float = bounded(0.05, min=0.0)
+    leakage: float = bounded(0.02, min=0.0)
+    label_leakage: float = bounded(0.05, min=0.0)
 
     def items(self) -> list[tuple[str, float]]:
         return [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self)]

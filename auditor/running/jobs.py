@@ -15,6 +15,9 @@ unit has the same interface). Before each attack the
 global RNGs are re-seeded and the view is copied, so a job's result does not depend on which
 unit ran it. Jobs carry resolved component classes, so a worker needs no registry, and
 ``execute`` never raises: failures become results with status ``error``.
+
+Every attack job also scores the attack's nulls (``Attack.nulls``: its own data and its prior,
+no observation) on the same targets, matching and criterion, and records the leakage.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ from flaudit.auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput
 from flaudit.auditor.privacy_audit.job import PrivacyAuditJob
 from flaudit.auditor.results.grids import best_pairs, grid_png
 from flaudit.core.jsonable import digest, to_json
-from flaudit.auditor.metrics.scoring import AttackOutputError, score_output
+from flaudit.auditor.metrics.leakage import against_nulls
+from flaudit.auditor.metrics.scoring import AttackOutputError, Criterion, score_output
 from flaudit.auditor.running.threat_views import view_of
 from flaudit.defenses.base import compose
 from flaudit.scenarios.fedavg import RoundRecord
@@ -43,7 +47,8 @@ from flaudit.scenarios.scenario import FLWorld, ScenarioConfig, derive_seed
 
 TRACEBACK_CHARS = 2000
 SEED_STREAM = 7  # derive_seed(scenario seed, SEED_STREAM, step) seeds the global RNGs
-SIMULATION_STEP, ATTACK_STEP = 0, 1
+SIMULATION_STEP, ATTACK_STEP, NULL_STEP = 0, 1, 2
+REFERENCE_POOL = 2000  # most non-member (test split) images a match must beat
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,7 @@ class AttackJob:
     attacked_round: int  # resolved, 0-based
     attacker_client: int | None
     psnr_threshold: float
+    margin_db: float
     grid_images: int
     threads: int
 
@@ -100,7 +106,7 @@ class AttackJob:
             "kind": self.kind, "cell_id": self.cell_id, "scenario": to_json(self.scenario),
             "defenses": [d.describe() for d in self.defenses], "attack": self.attack.describe(),
             "attacked_round": self.attacked_round, "attacker_client": self.attacker_client,
-            "psnr_threshold": self.psnr_threshold, "grid_images": self.grid_images, "threads": self.threads,
+            "psnr_threshold": self.psnr_threshold, "margin_db": self.margin_db, "grid_images": self.grid_images, "threads": self.threads,
         }
 
     @property
@@ -129,22 +135,32 @@ class AttackJob:
         output, unscored = scored_targets(output, record)
         if unscored is not None:
             return unscored_result(output, unscored, attack_seconds, self.attacked_round, record, self.grid_images)
-        scored = score_output(output, world, record.ground_truth, self.psnr_threshold)
+        began = time.perf_counter()
+        null_seed = derive_seed(self.scenario.seed, SEED_STREAM, NULL_STEP)
+        seed_everything(null_seed)
+        guesses = attack.nulls(view, knowledge, output, null_seed)
+        fill = next((g.output.images[0] for g in guesses if g.name == "mean" and len(g.output.images)), None)
+        criterion = Criterion(self.psnr_threshold, reference_pool(world), self.margin_db, fill)
+        scored = score_output(output, world, record.ground_truth, criterion)
+        nulls = {g.name: score_output(g.output, world, record.ground_truth, criterion).scores for g in guesses}
+        leakage = against_nulls(scored.scores, nulls)
+        rated_by = [name for name, value in (("images", leakage.leakage), ("labels", leakage.label_leakage))
+                    if value is not None and (name == "images" or attack.label_step is None)]
         result = {
             "status": "ok",
-            "metrics": {**scored.metrics, "attack_seconds": attack_seconds},
+            "metrics": {**leakage.metrics(), "attack_seconds": attack_seconds},
+            "null": leakage.null_name,
+            "rated_by": rated_by,
             "attacked_round": self.attacked_round,
             "target_clients": list(output.target_clients),
             "diagnostics": to_json(output.diagnostics),
             "test_accuracy_at_attack": record.test_accuracy,
+            "null_seconds": time.perf_counter() - began,
         }
         if scored.matching is not None:
             t_idx, r_idx = best_pairs(scored.matching, self.grid_images)
             result["grid_png"] = grid_png(scored.targets[t_idx], scored.reconstructions[r_idx])
         return result
-
-
-Job = UtilityJob | AttackJob | PrivacyAuditJob
 
 
 def scored_targets(output: AttackOutput, record: Any) -> tuple[AttackOutput, str | None]:
@@ -173,6 +189,19 @@ def unscored_result(output: AttackOutput, reason: str, attack_seconds: float, at
     if len(images):  # the originals' row stays blank: there is none to show
         result["grid_png"] = grid_png(torch.ones_like(images), images)
     return result
+
+
+def reference_pool(world: FLWorld) -> torch.Tensor:
+    """Non-members the auditor holds and no attacker sees: the test split (at most
+    ``REFERENCE_POOL`` images, a seeded draw)."""
+    test = world.data.test.images
+    if len(test) <= REFERENCE_POOL:
+        return test
+    keep = torch.randperm(len(test), generator=torch.Generator().manual_seed(world.config.seed))[:REFERENCE_POOL]
+    return test[keep.sort().values]
+
+
+Job = UtilityJob | AttackJob | PrivacyAuditJob
 
 
 @dataclass(frozen=True)
@@ -224,7 +253,7 @@ class Unit:
             try:
                 private_copy = i != last[job.attacked_round]
                 result = job.attack_on(world, records[job.attacked_round], knowledge, attack, private_copy)
-                result["timing"] = timing
+                result["timing"] = {**timing, "null_seconds": result.pop("null_seconds")}
             except Exception as exc:  # noqa: BLE001 - one failing attack must not take the others down
                 result = error_result(exc, plugin_origin(attack))
             results.append({**result, "seconds": time.perf_counter() - began})

@@ -209,7 +209,8 @@ def build_plan(config: AuditConfig, catalog: Catalog, preflight: bool = True) ->
                 jobs = () if reason else tuple(
                     AttackJob(
                         identity, scenario.config.replace(seed=seed), column.components, row.component,
-                        attacked_round, options.attacker_client, options.psnr_threshold, options.grid_images, threads,
+                        attacked_round, options.attacker_client, options.psnr_threshold, options.identifiable_margin_db,
+                        options.grid_images, threads,
                     )
                     for seed in scenario.seeds
                 )

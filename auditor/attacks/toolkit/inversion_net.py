@@ -68,18 +68,28 @@ def fit(model: nn.Module, n_rows: int, loss: Loss, steps: int, batch_size: int, 
 
 def train_inversion(
     inputs: torch.Tensor, images: torch.Tensor, anchors: list[Anchor], width: int, steps: int, batch_size: int,
-    lr: float, desc: str,
+    lr: float, desc: str, anchor_steps: int = 0,
 ) -> InversionNet:
-    """min sum ||G(inputs) - images||^2 + sum_anchors weight * ||G(anchor.inputs) - anchor.targets||^2."""
+    """``steps`` of min ||G(inputs) - images||^2, then ``anchor_steps`` fine-tuning it with the
+    anchors added, ``weight * ||G(anchor.inputs) - anchor.targets||^2`` (PLI's Algorithm 1:
+    Eq. 3, then Eq. 10). The anchors' inputs are never data inputs, so nothing but the data
+    fit's extrapolation resists them: trained throughout, G would return their targets exactly
+    and the attack would be its prior; a bounded fine-tune only pulls towards them."""
     net = InversionNet(inputs.shape[1], tuple(images.shape[1:]), width)
 
-    def loss(rows: torch.Tensor, model: nn.Module) -> torch.Tensor:
-        total = F.mse_loss(model(inputs[rows]), images[rows])
+    def data(rows: torch.Tensor, model: nn.Module) -> torch.Tensor:
+        return F.mse_loss(model(inputs[rows]), images[rows])
+
+    def anchored(rows: torch.Tensor, model: nn.Module) -> torch.Tensor:
+        total = data(rows, model)
         for anchor in anchors:
             total = total + anchor.weight * F.mse_loss(model(anchor.inputs), anchor.targets)
         return total
 
-    return fit(net, len(inputs), loss, steps, batch_size, lr, desc)
+    fit(net, len(inputs), data, steps, batch_size, lr, desc)
+    if anchors and anchor_steps:
+        fit(net, len(inputs), anchored, anchor_steps, batch_size, lr, f"{desc}, Eq. 10")
+    return net
 
 
 def pick_distinct(candidates: torch.Tensor, beta: float) -> torch.Tensor:

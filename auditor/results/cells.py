@@ -1,0 +1,104 @@
+"""What the matrix, the summary and the report show of a cell, read once from its scorecard
+entry into typed figures (``flaudit.scorecard/2``, or the older ``/1``, which has no nulls).
+
+Counts, not percentages, say how much was recovered ("3/1338, null 5/1338"), summed over
+seeds, so a level never stands beside a rate that rounds to 0%; the leakage (recovery above
+the null) is what the level was read from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class Stat:
+    """A quantity over seeds: mean and 95% interval (None with one seed)."""
+
+    mean: float
+    ci95: tuple[float, float] | None
+
+    @classmethod
+    def of(cls, raw: Mapping[str, Any] | None) -> "Stat | None":
+        if not raw:
+            return None
+        return cls(raw["mean"], tuple(raw["ci95"]) if raw.get("ci95") else None)
+
+
+def _total(metrics: Mapping[str, Any], name: str) -> int | None:
+    stat = metrics.get(name)
+    return None if not stat else int(round(sum(stat["values"])))
+
+
+@dataclass(frozen=True)
+class ImageFigures:
+    """Targets identifiably recovered by the attack and by its larger null (None before v2),
+    out of ``trials``; ``psnr_hits``: by the PSNR threshold alone (None before v2)."""
+
+    hits: int
+    null_hits: int | None
+    psnr_hits: int | None
+    trials: int
+    leakage: Stat | None
+    psnr_mean: Stat | None
+    psnr_recovered: Stat | None
+    ssim_mean: Stat | None
+
+
+@dataclass(frozen=True)
+class LabelFigures:
+    accuracy: Stat
+    null: Stat | None
+    leakage: Stat | None
+    rated: bool  # False: another row reports this attack's label step
+
+
+@dataclass(frozen=True)
+class CellFigures:
+    cell_id: str
+    risk: str
+    status: str
+    reason: str | None
+    images: ImageFigures | None
+    labels: LabelFigures | None
+    failed: int
+    first_error: str | None
+
+    @classmethod
+    def of(cls, cell: Mapping[str, Any]) -> "CellFigures":
+        metrics = cell.get("metrics") or {}
+        rated = {r["output"] for r in cell.get("rated", [])}
+        images = labels = None
+        trials, hits = _total(metrics, "n_targets"), _total(metrics, "n_recovered")
+        if metrics.get("recovery_rate") and trials is not None:
+            images = ImageFigures(
+                hits or 0, _total(metrics, "n_null_recovered"), _total(metrics, "n_psnr_recovered"), trials,
+                Stat.of(metrics.get("leakage")), Stat.of(metrics.get("psnr_mean")),
+                Stat.of(metrics.get("psnr_recovered_mean")), Stat.of(metrics.get("ssim_mean")),
+            )
+        if metrics.get("label_accuracy"):
+            labels = LabelFigures(
+                Stat.of(metrics["label_accuracy"]), Stat.of(metrics.get("label_null_accuracy")),
+                Stat.of(metrics.get("label_leakage")), "labels" in rated or "rated" not in cell,
+            )
+        errors = cell.get("errors") or []
+        return cls(cell["id"], cell["risk"], cell["status"], cell.get("reason"), images, labels, len(errors),
+                   errors[0]["message"] if errors else None)
+
+
+def signed_percent(stat: Stat | None) -> str:
+    return "–" if stat is None else f"{100 * stat.mean:+.1f}%"
+
+
+def counts_text(images: ImageFigures) -> str:
+    """``3/64 recovered, null 5/64`` (the null only where the scorecard has one)."""
+    text = f"{images.hits}/{images.trials} recovered"
+    return text if images.null_hits is None else f"{text}, null {images.null_hits}/{images.trials}"
+
+
+def labels_text(labels: LabelFigures) -> str:
+    text = f"labels {100 * labels.accuracy.mean:.0f}%"
+    if labels.null is not None:
+        text += f" (null {100 * labels.null.mean:.0f}%, leakage {signed_percent(labels.leakage)})"
+    return text if labels.rated else text + ", not rated: the labels row reports it"
