@@ -133,9 +133,10 @@ def gate(baseline: Scorecard | str | Path, candidate: Scorecard | str | Path,
     """Did leakage grow from ``baseline`` to ``candidate`` beyond ``tolerances`` (default: the
     baseline's ``[gate]``)? ``result.passed``, ``result.findings`` say.
 
-        >>> flaudit.gate("runs/main", "runs/pr-123", {"recovery_rate": 0.0}).passed  # doctest: +SKIP
+        >>> flaudit.gate("runs/main", "runs/pr-123", {"leakage": 0.0}).passed  # doctest: +SKIP
     """
     base, cand = _scorecard(baseline), _scorecard(candidate)
+    gates.check_versions(base.document, cand.document)
     if tolerances is None:
         limits = gates.tolerances_of(base.document)
     elif isinstance(tolerances, GateTolerances):

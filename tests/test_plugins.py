@@ -46,6 +46,8 @@ class Guess(HonestServerAttack):
     """Returns grey images: scored like any attack."""
     Params = Params
     how = "grey"
+    def prior_null(self, view, context):
+        return None
     def reconstruct(self, view, knowledge):
         upload = self.target(view)
         shape = (4, *knowledge.image_shape)

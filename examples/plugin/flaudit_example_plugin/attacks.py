@@ -34,6 +34,11 @@ class RowRatio(HonestServerAttack):
     Params = RowRatioParams
     profiles = {"full": {"images": 256}}  # `--profile full` budgets
 
+    def prior_null(self, view, context):
+        """Rows are solved from the update alone: no prior beyond the attacker's data (the
+        auditor's own nulls)."""
+        return None
+
     def reconstruct(self, view, knowledge) -> AttackOutput:
         upload = self.target(view)
         first = next((m for m in view.model.modules() if isinstance(m, nn.Linear)), None)
