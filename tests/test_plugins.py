@@ -172,9 +172,10 @@ def test_example_plugin_package_installs_and_audits(tmp_path):
     card = json.loads((tmp_path / "run" / "scorecard.json").read_text())
     row_ratio = {c["id"]: c for c in card["cells"] if c["attack"]["name"] == "row_ratio"}
     assert all(c["status"] in ("ok", "not_applicable") for c in row_ratio.values())
-    # one large batch of a wide ReLU layer: whole images come out of single-sample rows, and
-    # the update carries them: with it drowned in noise the same attack recovers nothing
-    rate = {c: row_ratio[f"textures-worst/{c}/row_ratio"]["metrics"]["recovery_rate"]["mean"]
-            for c in ("none", "update_noise")}
-    assert rate["none"] > 0.1 and rate["update_noise"] == 0.0, rate
+    # one large batch of a wide ReLU layer: whole images come out of single-sample rows (some
+    # identifiable against the test split), beyond the attacker's data guess; with the update
+    # drowned in noise the same attack recovers nothing
+    leakage = {c: row_ratio[f"textures-worst/{c}/row_ratio"]["metrics"]["leakage"]["mean"]
+               for c in ("none", "update_noise")}
+    assert leakage["none"] > 0.01 and leakage["update_noise"] <= 0.0, leakage
     assert row_ratio["textures-worst/secagg/row_ratio"]["status"] == "not_applicable"
