@@ -7,7 +7,7 @@ PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.flaudit-installed
 BUILD_INPUTS := setup.py constraints.txt requirements.txt $(wildcard csrc/*)
 
-.PHONY: audit test bench install clean
+.PHONY: audit test bench bench-quick bench-check bench-baseline bench-slow install clean
 
 audit: $(STAMP)
 	$(BIN)/flaudit run --profile quick --out runs/default
@@ -15,8 +15,31 @@ audit: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# Benchmarks (benches/, README "Benchmarks"). Every run is saved under .benchmarks/<machine>/ and
+# prints each group's ratios next to this machine's previous run; bench-check and bench-quick
+# gate the ratios on benches/baseline.json (exit 1 on a regression); bench-baseline rewrites it.
+# BENCH_ARGS passes pytest options, e.g. BENCH_ARGS="--bench-slow-kernel bin_solve=3".
+BENCH_RUN := .benchmarks/last-run.json
+BENCH := $(BIN)/python -m pytest benches --benchmark-autosave --benchmark-json=$(BENCH_RUN) $(BENCH_ARGS)
+RATIOS := $(BIN)/python benches/ratios.py
+
 bench: $(STAMP)
-	$(BIN)/python -m pytest benches
+	$(BENCH)
+
+bench-quick: $(STAMP)
+	$(BENCH) -m quick
+	$(RATIOS) check $(BENCH_RUN)
+
+bench-check: $(STAMP)
+	$(BENCH)
+	$(RATIOS) check $(BENCH_RUN)
+
+bench-baseline: $(STAMP)
+	$(BENCH)
+	$(RATIOS) baseline $(BENCH_RUN)
+
+bench-slow: $(STAMP)
+	$(BENCH) -m slow
 
 install: $(STAMP)
 

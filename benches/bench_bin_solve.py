@@ -17,9 +17,12 @@ import torch
 
 from flaudit.auditor.ops import bin_solve_reference
 
-SIZES = [(8, 1024, 3072), (1, 4096, 12288)]  # 96 MiB and 192 MiB of gW
+SIZES = [pytest.param((8, 1024, 3072), marks=pytest.mark.quick), (1, 4096, 12288)]  # 96 MiB and 192 MiB of gW
 EPS = 1e-8
 ROUNDS = {"cpu": 15, "cuda": 50}
+# The op, its reference and the clone floor all stream memory, which other jobs on a shared
+# machine contend for unevenly between the members' rounds.
+TOLERANCE = 0.5
 
 
 def _extension():
@@ -68,7 +71,7 @@ CASES = [("op", "candidate", _op), ("reference", "reference", _reference), ("clo
 
 def _run(benchmark, device, size, label, role, fn, gW, gb):
     benchmark.group = f"bin_solve {device} R={size[0]} K={size[1]} D={size[2]}"
-    benchmark.extra_info.update(role=role, label=label, bytes_gW=gW.numel() * 4)
+    benchmark.extra_info.update(role=role, label=label, tolerance=TOLERANCE, bytes_gW=gW.numel() * 4)
     if device == "cuda":
         def target():
             fn(gW, gb)

@@ -21,8 +21,11 @@ import torch.nn.functional as F
 from flaudit.auditor.ops.imprint import imprint_forward
 from flaudit.core import native
 
-SIZES = [(64, 3 * 32 * 32, 1024), (64, 3 * 64 * 64, 4096)]  # (B, D, K)
+SIZES = [pytest.param((64, 3 * 32 * 32, 1024), marks=pytest.mark.quick), (64, 3 * 64 * 64, 4096)]  # (B, D, K)
 ROUNDS = {"cpu": 10, "cuda": 50}
+# The dense reference is a multi-threaded BLAS matmul, the kernel a lighter pass: their ratio
+# shifts when other jobs take the second core during one member's rounds.
+TOLERANCE = 0.5
 ACT = {"relu": F.relu, "hardtanh": lambda t: F.hardtanh(t, 0.0, 1.0)}
 
 
@@ -106,7 +109,7 @@ def _run(benchmark, device, size, case, t):
     else:
         step = _dense(t, act)
     benchmark.group = f"imprint {workload} {act} {device} B={size[0]} D={size[1]} K={size[2]}"
-    benchmark.extra_info.update(role=role, label=label)
+    benchmark.extra_info.update(role=role, label=label, tolerance=TOLERANCE)
     if device == "cuda":
         def target():
             step()

@@ -28,6 +28,9 @@ from flaudit.scenarios.scenario import ScenarioConfig, build_world
 IMAGES = 512
 CLIENTS = 4
 AUX = 500
+# Both members run the same attack and differ only in the solver (a small share of phase 2, so
+# the ratio is near 1): a tight tolerance, since their work is the same single-threaded mix.
+TOLERANCE = 0.3
 ATTACKS = {"scale_mia": lambda: ScaleMia(ScaleMiaParams(ae_epochs=1)), "rtf": RobbingTheFed}
 
 
@@ -56,7 +59,7 @@ def test_phase_two(benchmark, attacked_round, solver, monkeypatch):
     if solver == "reference":
         monkeypatch.setattr(imprint_module, "bin_solve", bin_solve_reference)
     benchmark.group = f"{name} phase 2, {IMAGES} images, {knowledge.device.type}"
-    benchmark.extra_info.update(role="candidate" if solver == "kernel" else "reference", label=solver)
+    benchmark.extra_info.update(role="candidate" if solver == "kernel" else "reference", label=solver, tolerance=TOLERANCE)
 
     def target():
         output = attack.reconstruct(view, knowledge)

@@ -1,17 +1,15 @@
 """secagg_mask: one client's masking of a ResNet-18-sized update (11.2M float32 values) with 8
-pairwise masks and its self-mask, against the masking as Flower does it in numpy (a
-Mersenne-Twister ``RandomState(seed).randint`` per mask, int64 adds, one mod 2^32) and against
-this package's own reference (the same ChaCha20 streams by OpenSSL, numpy arithmetic), in the
-same run; and the raw ChaCha20 keystream of the op against OpenSSL's. benches/conftest.py prints
-"reference / kernel" per group; each benchmark records its keystream throughput (GB/s of mask
-words produced) in extra_info.
+pairwise masks and its self-mask, against this package's own reference (the same ChaCha20
+streams by OpenSSL, numpy arithmetic), in the same run; and the raw ChaCha20 keystream of the op
+against OpenSSL's. benches/conftest.py prints "reference / kernel" per group; each benchmark
+records its keystream throughput (GB/s of mask words produced) in extra_info. Flower's SecAgg+
+masking, imported from flwr, is compared in benches/bench_peers.py.
 
     .venv/bin/python -m pytest benches/bench_secagg_mask.py
 """
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -23,6 +21,9 @@ N_VALUES = 11_200_000  # ResNet-18
 N_MASKS = 9  # 8 neighbours (SecAgg+ with k = 8) and the self-mask
 CLIP, BITS, WEIGHT = 1.0, 16, 50
 ROUNDS = {"cpu": 5, "cuda": 30}
+# The kernel runs on every torch thread, OpenSSL on one: a job taking the second core for part
+# of the kernel's rounds moves the ratio by up to ~2x.
+TOLERANCE = 0.6
 
 
 @pytest.fixture(scope="module")
@@ -42,24 +43,9 @@ def openssl_reference(update, seeds, signs):
     return secagg_mask_reference(update, seeds_tensor(seeds), signs, CLIP, FixedPoint(CLIP, BITS).scale(WEIGHT))
 
 
-def flower_numpy(update, seeds, signs):
-    """Flower's SecAgg+ client masking (flwr.common.secure_aggregation): per mask, the 32-byte
-    seed XOR-folded to 32 bits seeds an MT19937 ``RandomState`` whose ``randint(0, 2**32 - 1)``
-    (int64) is the mask, added or subtracted out of place; one mod 2**32 at the end. The
-    quantization is this package's (deterministic rounding), so both sides compute the same
-    function up to the PRG."""
-    x = update.numpy().astype(np.float64)
-    acc = np.rint(np.clip(x, -CLIP, CLIP) * FixedPoint(CLIP, BITS).scale(WEIGHT)).astype(np.int64)
-    for seed, sign in zip(seeds, signs):
-        seed32 = int(np.bitwise_xor.reduce(np.frombuffer(seed, dtype="<u4")))
-        mask = np.random.RandomState(seed32).randint(0, 2**32 - 1, size=acc.size, dtype=np.int64)
-        acc = acc + mask if sign > 0 else acc - mask
-    return np.mod(acc, 2**32)
-
-
 def _run(benchmark, device, label, role, fn, args):
     benchmark.group = f"secagg_mask {device} N={N_VALUES} masks={N_MASKS}"
-    benchmark.extra_info.update(role=role, label=label)
+    benchmark.extra_info.update(role=role, label=label, tolerance=TOLERANCE)
     if device == "cuda":
         def target():
             fn(*args)
@@ -72,10 +58,10 @@ def _run(benchmark, device, label, role, fn, args):
     benchmark.extra_info["keystream_GBps"] = keystream_bytes / benchmark.stats.stats.median / 1e9
 
 
-CPU_CASES = [("kernel", "candidate", kernel), ("flower_numpy", "reference", flower_numpy),
-             ("openssl_numpy", "reference", openssl_reference)]
+CPU_CASES = [("kernel", "candidate", kernel), ("openssl_numpy", "reference", openssl_reference)]
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("label,role,fn", CPU_CASES, ids=[c[0] for c in CPU_CASES])
 def test_secagg_mask_cpu(benchmark, client, label, role, fn):
     if label == "kernel" and not native.extension_available():
@@ -115,6 +101,6 @@ def test_chacha20_keystream_cpu(benchmark, label, role, fn):
     if label == "chacha20_op" and not native.extension_available():
         pytest.skip("flaudit._C not built")
     benchmark.group = f"chacha20 keystream cpu words={STREAM_WORDS}"
-    benchmark.extra_info.update(role=role, label=label)
+    benchmark.extra_info.update(role=role, label=label, tolerance=TOLERANCE)
     benchmark.pedantic(_stream(fn), rounds=ROUNDS["cpu"], warmup_rounds=1, iterations=1)
     benchmark.extra_info["keystream_GBps"] = 4 * STREAM_WORDS / benchmark.stats.stats.median / 1e9

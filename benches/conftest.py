@@ -1,54 +1,215 @@
-"""Shared pytest-benchmark helpers for flaudit's benches.
+"""Shared pytest-benchmark machinery of flaudit's benches: roles and ratios, saved history per
+machine, a fixed thread count, and a test-only switch that slows a kernel on purpose.
 
 Ratios, not absolute times, are what carry from one machine to another, so every benchmark
-group holds the candidate and its baselines measured in the same run, and the summary hook
-below prints each member's median as a ratio to the group's baselines. A benchmark declares its
-role with ``benchmark.extra_info["role"]``:
+group holds the candidate and its bases measured in the same run. A benchmark declares its role
+in ``benchmark.extra_info["role"]`` (``floor``, ``reference``, ``peer`` or ``candidate``, the
+default; see benches/ratios.py) and may declare the candidate's regression tolerance in
+``extra_info["tolerance"]``. The summary prints, per group, each member's median and each ratio,
+next to the same numbers of the latest saved run of this machine that measured them, and a
+table of the peer comparisons.
 
-* ``"floor"``: the memory-traffic (or other physical) floor, e.g. ``gW.clone()``;
-* ``"reference"``: the implementation being replaced, e.g. the pure-torch reference;
-* ``"candidate"`` (the default): what is being measured.
-
-For each group it prints ``candidate / floor = 1.2x`` (how far from the floor, lower is better)
-and ``reference / candidate = 3.1x`` (speed-up over the reference, higher is better).
+* History: with ``--benchmark-autosave`` (``make bench``) runs are saved under
+  ``.benchmarks/<machine>/`` (host, CPU model, core count, GPU), unless ``--benchmark-storage``
+  names another place; the machine info of each run records the machine and thread count.
+* Threads: torch runs with ``--bench-threads`` (default 2, what the committed baseline was
+  measured with, the CI machine's cores), so ratios of multi-threaded kernels against
+  single-threaded bases do not depend on the machine's core count; 0 keeps torch's default.
+* ``--bench-slow-kernel NAME=FACTOR``: every call of ``torch.ops.flaudit.NAME`` runs the op
+  FACTOR times. Test-only, to show that ``make bench-check`` catches a slower kernel; such a
+  run is never saved into the history.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+import os
+import platform
+import re
+from pathlib import Path
 
-ROLES = ("floor", "reference", "candidate")
+import pytest
+import torch
+
+from ratios import Ratio, machine_summary, run_ratios
+
+DEFAULT_STORAGE = "file://./.benchmarks"  # pytest-benchmark's default --benchmark-storage
+DEFAULT_THREADS = 2
 
 
-def _label(bench) -> str:
-    return bench.extra_info.get("label") or bench.name
+def pytest_addoption(parser):
+    group = parser.getgroup("flaudit benches")
+    group.addoption("--bench-threads", type=int, default=DEFAULT_THREADS,
+                    help=f"torch threads for the benches (default {DEFAULT_THREADS}; 0: torch's default)")
+    group.addoption("--bench-slow-kernel", action="append", default=[], metavar="NAME=FACTOR",
+                    help="test-only: run torch.ops.flaudit.NAME FACTOR times per call (never saved)")
+
+
+# ---- machine, threads, slowed kernels -------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _gpu() -> str | None:
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def machine_name() -> str:
+    """Names the machine a run's absolute times belong to: host, CPU model, cores, GPU."""
+    parts = [platform.node(), _cpu_model(), f"{os.cpu_count()}cpu", _gpu() or ""]
+    return re.sub(r"[^A-Za-z0-9.]+", "-", "-".join(p for p in parts if p)).strip("-")
+
+
+def _parse_slowdowns(values: list[str]) -> dict[str, int]:
+    slowed = {}
+    for value in values:
+        name, sep, factor = value.partition("=")
+        if not sep or not factor.isdigit() or int(factor) < 2:
+            raise pytest.UsageError(f"--bench-slow-kernel {value!r}: expected NAME=FACTOR with FACTOR >= 2")
+        slowed[name] = int(factor)
+    return slowed
+
+
+def _slow_down(name: str, factor: int) -> None:
+    """Replaces ``torch.ops.flaudit.<name>`` by a function running the op ``factor`` times."""
+    from flaudit.core import native
+
+    if not native.extension_available() or not hasattr(torch.ops.flaudit, name):
+        raise pytest.UsageError(f"--bench-slow-kernel: torch.ops.flaudit.{name} is not a built kernel")
+    op = getattr(torch.ops.flaudit, name)
+
+    def slowed(*args, **kwargs):
+        for _ in range(factor - 1):
+            op(*args, **kwargs)
+        return op(*args, **kwargs)
+
+    setattr(torch.ops.flaudit, name, slowed)
+
+
+def pytest_configure(config):
+    # Runs before pytest-benchmark's own (trylast) configure, which reads these options.
+    config.flaudit_machine = machine_name()
+    if config.getoption("benchmark_storage") == DEFAULT_STORAGE:
+        config.option.benchmark_storage = f"{DEFAULT_STORAGE}/{config.flaudit_machine}"
+    threads = config.getoption("bench_threads")
+    if threads:
+        torch.set_num_threads(threads)
+    config.flaudit_slowed = _parse_slowdowns(config.getoption("bench_slow_kernel"))
+    for name, factor in config.flaudit_slowed.items():
+        _slow_down(name, factor)
+    if config.flaudit_slowed:
+        config.option.benchmark_autosave = None
+        config.option.benchmark_save = None
+
+
+def pytest_report_header(config):
+    slowed = ", ".join(f"{n} x{f}" for n, f in config.flaudit_slowed.items())
+    return [f"flaudit benches: machine {config.flaudit_machine}, {torch.get_num_threads()} torch threads"
+            + (f", SLOWED ON PURPOSE: {slowed} (not saved)" if slowed else "")]
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    machine_info["flaudit"] = {
+        "machine": config.flaudit_machine,
+        "threads": torch.get_num_threads(),
+        "gpu": _gpu(),
+        "slowed": config.flaudit_slowed,
+    }
+
+
+# ---- history ---------------------------------------------------------------------------------
+
+
+def pytest_sessionstart(session):
+    """Loads this machine's saved runs before this run adds its own."""
+    config = session.config
+    bench_session = getattr(config, "_benchmarksession", None)
+    storage = getattr(bench_session, "storage", None)
+    history = []
+    if storage is not None and hasattr(storage, "path"):  # file storage (not elasticsearch)
+        history = [(Path(path).stem.split("_")[0], run) for path, run in storage.load()]
+    config.flaudit_history = [
+        (number, run) for number, run in history if machine_summary(run).get("machine") == config.flaudit_machine
+    ]
+
+
+class History:
+    """The latest saved run of this machine that measured a benchmark, per benchmark."""
+
+    def __init__(self, runs: list[tuple[str, dict]]) -> None:
+        self.latest: dict[str, tuple[str, dict]] = {}
+        for number, run in runs:  # oldest first: later runs overwrite
+            for bench in run.get("benchmarks", []):
+                self.latest[bench["fullname"]] = (number, bench)
+        self.ratios: dict[str, tuple[str, Ratio]] = {}
+        for number, run in runs:
+            for ratio in run_ratios(run.get("benchmarks", [])):
+                self.ratios[ratio.key] = (number, ratio)
+
+    def change(self, bench: dict) -> str:
+        if bench["fullname"] not in self.latest:
+            return ""
+        number, old = self.latest[bench["fullname"]]
+        return f" (run {number}: {old['stats']['median'] * 1e3:.2f} ms, {bench['stats']['median'] / old['stats']['median'] - 1:+.0%})"
+
+    def ratio(self, ratio: Ratio) -> str:
+        if ratio.key not in self.ratios:
+            return ""
+        number, old = self.ratios[ratio.key]
+        return f" (run {number}: {old.shown.rsplit(' = ', 1)[1]})"
+
+
+# ---- summary ---------------------------------------------------------------------------------
+
+
+def _summary_lines(benchmarks: list[dict], history: History) -> list[str]:
+    ratios_by_group: dict[str, list[Ratio]] = {}
+    for ratio in run_ratios(benchmarks):
+        ratios_by_group.setdefault(ratio.group, []).append(ratio)
+    lines = []
+    for group in sorted(ratios_by_group):
+        lines.append(f"{group}:")
+        for bench in sorted((b for b in benchmarks if (b["group"] or "(no group)") == group),
+                            key=lambda b: b["extra_info"].get("role", "candidate") != "candidate"):
+            role = bench["extra_info"].get("role", "candidate")
+            name = bench["extra_info"].get("label") or bench["name"]
+            lines.append(f"  {name} ({role}) median {bench['stats']['median'] * 1e3:.2f} ms{history.change(bench)}")
+        for ratio in ratios_by_group[group]:
+            lines.append(f"  {ratio.shown}{history.ratio(ratio)}")
+    return lines
+
+
+def _peer_lines(benchmarks: list[dict]) -> list[str]:
+    peers = [r for r in run_ratios(benchmarks) if r.role == "peer"]
+    if not peers:
+        return []
+    lines = [f"{'group':58} {'ours':>12} {'peer':>12} {'peer / ours':>12}"]
+    for r in peers:
+        lines.append(f"{r.group[:58]:58} {r.candidate_seconds * 1e3:9.2f} ms {r.base_seconds * 1e3:9.2f} ms "
+                     f"{1 / r.ratio:11.1f}x   ({r.candidate} vs {r.base})")
+    return lines
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     session = getattr(config, "_benchmarksession", None)
-    benchmarks = [b for b in getattr(session, "benchmarks", []) if b]  # falsy: no stats (disabled)
+    benchmarks = [b.as_dict(include_data=False) for b in getattr(session, "benchmarks", []) if b]  # falsy: no stats
     if not benchmarks:
         return
-    groups: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
-    for bench in benchmarks:
-        role = bench.extra_info.get("role", "candidate")
-        groups[bench.group or "(no group)"][role if role in ROLES else "candidate"].append(bench)
-
-    lines = []
-    for group in sorted(groups):
-        members = groups[group]
-        if not (members["floor"] or members["reference"]):
-            continue
-        lines.append(f"{group}:")
-        for cand in members["candidate"]:
-            c = cand.stats.median
-            parts = [f"{_label(cand)} median {c * 1e3:.2f} ms"]
-            parts += [f"{_label(cand)} / {_label(f)} = {c / f.stats.median:.2f}x" for f in members["floor"]]
-            parts += [f"{_label(r)} / {_label(cand)} = {r.stats.median / c:.2f}x" for r in members["reference"]]
-            lines.append("  " + ", ".join(parts))
-        for base in members["floor"] + members["reference"]:
-            lines.append(f"  ({_label(base)} median {base.stats.median * 1e3:.2f} ms)")
-    if lines:
-        terminalreporter.write_sep("-", "benchmark ratios (medians; floor: lower is better, reference: higher is better)")
-        for line in lines:
-            terminalreporter.write_line(line)
+    history = History(getattr(config, "flaudit_history", []))
+    write = terminalreporter.write_line
+    terminalreporter.write_sep("-", "benchmark ratios (medians; floor: lower is better, reference and peer: "
+                                    "higher is better; in brackets: this machine's latest saved run)")
+    for line in _summary_lines(benchmarks, history):
+        write(line)
+    peers = _peer_lines(benchmarks)
+    if peers:
+        terminalreporter.write_sep("-", "peer comparisons (same run, medians)")
+        for line in peers:
+            write(line)
