@@ -109,6 +109,7 @@ setup(
     extras_require={
         "ray": ["ray"],  # the ray executor
         "flower": ["flwr==1.42.0"],  # flaudit.integrations.flower's strategies, mods and grid
+        "bench": ["breaching", "flwr==1.42.0"],  # peers benches/bench_peers.py times ours against; never imported by flaudit
     },
     entry_points={"console_scripts": ["flaudit=flaudit.auditor.cli:main"]},
 )

@@ -21,9 +21,9 @@ N_VALUES = 11_200_000  # ResNet-18
 N_MASKS = 9  # 8 neighbours (SecAgg+ with k = 8) and the self-mask
 CLIP, BITS, WEIGHT = 1.0, 16, 50
 ROUNDS = {"cpu": 5, "cuda": 30}
-# The kernel runs on every torch thread, OpenSSL on one: a job taking the second core for part
-# of the kernel's rounds moves the ratio by up to ~2x.
-TOLERANCE = 0.6
+# Keystream generation on one core each (benches run one torch thread), but the kernel's SIMD
+# width and OpenSSL's differ in how they suffer from a neighbour sharing the core.
+TOLERANCE = 0.5
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,10 @@ table of the peer comparisons.
 * History: with ``--benchmark-autosave`` (``make bench``) runs are saved under
   ``.benchmarks/<machine>/`` (host, CPU model, core count, GPU), unless ``--benchmark-storage``
   names another place; the machine info of each run records the machine and thread count.
-* Threads: torch runs with ``--bench-threads`` (default 2, what the committed baseline was
-  measured with, the CI machine's cores), so ratios of multi-threaded kernels against
-  single-threaded bases do not depend on the machine's core count; 0 keeps torch's default.
+* Threads: torch runs with ``--bench-threads`` (default 1, what the committed baseline was
+  measured with), so a ratio compares single-threaded work on both sides and does not depend on
+  the machine's core count, nor on other jobs: on a shared 2-core machine two threads that wait
+  for each other made a local training step 6x slower than one thread. 0 keeps torch's default.
 * ``--bench-slow-kernel NAME=FACTOR``: every call of ``torch.ops.flaudit.NAME`` runs the op
   FACTOR times. Test-only, to show that ``make bench-check`` catches a slower kernel; such a
   run is never saved into the history.
@@ -33,7 +34,7 @@ import torch
 from ratios import Ratio, machine_summary, run_ratios
 
 DEFAULT_STORAGE = "file://./.benchmarks"  # pytest-benchmark's default --benchmark-storage
-DEFAULT_THREADS = 2
+DEFAULT_THREADS = 1
 
 
 def pytest_addoption(parser):
@@ -190,10 +191,10 @@ def _peer_lines(benchmarks: list[dict]) -> list[str]:
     peers = [r for r in run_ratios(benchmarks) if r.role == "peer"]
     if not peers:
         return []
-    lines = [f"{'group':58} {'ours':>12} {'peer':>12} {'peer / ours':>12}"]
+    lines = [f"{'ours':>12} {'peer':>12} {'peer / ours':>12}  group (ours vs peer)"]
     for r in peers:
-        lines.append(f"{r.group[:58]:58} {r.candidate_seconds * 1e3:9.2f} ms {r.base_seconds * 1e3:9.2f} ms "
-                     f"{1 / r.ratio:11.1f}x   ({r.candidate} vs {r.base})")
+        lines.append(f"{r.candidate_seconds * 1e3:9.2f} ms {r.base_seconds * 1e3:9.2f} ms {1 / r.ratio:11.1f}x  "
+                     f"{r.group} ({r.candidate} vs {r.base})")
     return lines
 
 
