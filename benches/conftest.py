@@ -23,7 +23,6 @@ table of the peer comparisons.
 
 from __future__ import annotations
 
-import os
 import platform
 import re
 from pathlib import Path
@@ -31,6 +30,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from flaudit.auditor.running.manifest import device_info
 from ratios import Ratio, machine_summary, run_ratios
 
 DEFAULT_STORAGE = "file://./.benchmarks"  # pytest-benchmark's default --benchmark-storage
@@ -48,23 +48,15 @@ def pytest_addoption(parser):
 # ---- machine, threads, slowed kernels -------------------------------------------------------
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _gpu() -> str | None:
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    gpus = device_info()["gpus"]
+    return gpus[0] if gpus else None
 
 
 def machine_name() -> str:
     """Names the machine a run's absolute times belong to: host, CPU model, cores, GPU."""
-    parts = [platform.node(), _cpu_model(), f"{os.cpu_count()}cpu", _gpu() or ""]
+    device = device_info()
+    parts = [platform.node(), device["cpu"], f"{device['cpu_count']}cpu", *device["gpus"][:1]]
     return re.sub(r"[^A-Za-z0-9.]+", "-", "-".join(p for p in parts if p)).strip("-")
 
 
