@@ -24,9 +24,13 @@ def _imported_top_names() -> set[str]:
     return names - set(sys.stdlib_module_names) - {"flaudit", "__future__"}
 
 
+BENCH_ONLY_EXTRA = 'extra == "bench"'  # peers that benches/ times ours against; the package never imports them
+
+
 def _requirements() -> set[str]:
-    """Distribution names of install_requires and every extra."""
-    return {Requirement(text).name.lower().replace("_", "-") for text in importlib.metadata.requires("flaudit") or []}
+    """Distribution names of install_requires and every extra but the benches' peers."""
+    requirements = [Requirement(text) for text in importlib.metadata.requires("flaudit") or []]
+    return {r.name.lower().replace("_", "-") for r in requirements if str(r.marker) != BENCH_ONLY_EXTRA}
 
 
 def test_every_import_is_a_requirement_and_every_requirement_is_imported():
