@@ -32,15 +32,19 @@ from flaudit.defenses.secagg.masking import quantize_and_mask
 # Ours and the peer run in the same run on one thread each, but the peers' Python loops and
 # numpy temporaries react to a loaded machine differently from our single passes.
 TOLERANCE = 0.6
+# bin_solve's read-out of one 12 MiB layer takes milliseconds, set by memory contention: two
+# runs of make bench on a loaded 2-core machine measured it at 1.6 and 10.6 ms (breaching: 119,
+# 174 ms). More rounds and a wider band for that group, so only a real slowdown fails.
+READOUT_TOLERANCE, READOUT_ROUNDS = 2.0, 50
 BINS, IMAGE, BATCH = 1024, (3, 32, 32), 256
 NEIGHBOURS = 8
 # flwr's SecAggPlusWorkflow defaults: clipping range, quantization range, modulus, max weight.
 CLIP, TARGET_RANGE, MOD_RANGE, MAX_WEIGHT, NUM_EXAMPLES = 8.0, 2**22, 2**32, 1000.0, 500
 
 
-def _declare(benchmark, group, label, role):
+def _declare(benchmark, group, label, role, tolerance=TOLERANCE):
     benchmark.group = f"peer {group}"
-    benchmark.extra_info.update(role=role, label=label, tolerance=TOLERANCE)
+    benchmark.extra_info.update(role=role, label=label, tolerance=tolerance)
 
 
 # ---- breaching: imprint read-out ------------------------------------------------------------
@@ -69,19 +73,18 @@ def imprint_case():
     return attacker, payload, shared, secrets, gW[None].contiguous(), gb[None].contiguous()
 
 
-@pytest.mark.filterwarnings("ignore:\nThe version_base parameter is not specified")  # breaching's hydra call
 @pytest.mark.parametrize("side", ["bin_solve", "breaching"])
 def test_imprint_readout(benchmark, imprint_case, side):
     attacker, payload, shared, secrets, gW, gb = imprint_case
     if side == "bin_solve" and not native.extension_available():
         pytest.skip("flaudit._C not built")
     _declare(benchmark, f"imprint read-out K={BINS} D={gW.shape[2]} cpu (breaching)", side,
-             "candidate" if side == "bin_solve" else "peer")
+             "candidate" if side == "bin_solve" else "peer", READOUT_TOLERANCE)
     if side == "bin_solve":
         target = lambda: bin_solve(gW, gb)  # noqa: E731
     else:
         target = lambda: attacker.reconstruct(payload, shared, secrets)  # noqa: E731
-    benchmark.pedantic(target, rounds=10, warmup_rounds=1, iterations=1)
+    benchmark.pedantic(target, rounds=READOUT_ROUNDS, warmup_rounds=1, iterations=1)
 
 
 # ---- Flower: SecAgg+ client masking ---------------------------------------------------------
