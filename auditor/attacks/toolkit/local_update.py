@@ -9,15 +9,21 @@ with ``torch.func.functional_call``, so the result stays a function of the dummy
 shuffles its data each epoch with a seed the server does not know; the simulation uses a
 fixed, documented batch order instead (or the caller's own per-epoch orders). A single
 gradient is the special case E=1, N <= B: the update is then ``-lr * gradient``.
+
+Memory: past ``GRAPH_STEPS`` local steps the simulation keeps no step's graph; its backward
+pass recomputes the steps (``_Replay``), so a client of 480 images at B=1 costs O(log T)
+parameter copies instead of 480 steps' graphs (24 GB for the study's CNN at 32x32).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 from torch.func import functional_call
 
 from flaudit.core.errors import ConfigError
@@ -62,18 +68,19 @@ def simulate_update(
         raise ConfigError(f"simulate_update: order must be [{epochs}, {n}], got {tuple(order.shape)}")
 
     start = {name: p.detach() for name, p in model.named_parameters()}
-    params = {name: p.detach().requires_grad_() for name, p in start.items()}  # a new leaf, same storage
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
-    velocity: dict[str, Tensor] = {}
+    steps = tuple((epoch, batch) for epoch in range(epochs) for batch in order[epoch].split(training.batch_size))
+    run = _Run(model, training, steps, images, labels, per_epoch)
+    # a graph w.r.t. the images or soft labels only: the start parameters are constants
+    create_graph = create_graph and (images.requires_grad or labels.requires_grad)
+    replay = create_graph and len(steps) > GRAPH_STEPS
     was_training = model.training
     model.train()
     try:
-        for epoch in range(epochs):
-            epoch_images = images[epoch] if per_epoch else images
-            for batch in order[epoch].split(training.batch_size):
-                logits = functional_call(model, (params, buffers), (epoch_images[batch],))
-                loss = F.cross_entropy(logits, labels[batch])
-                params = sgd_step(params, loss, velocity, training, create_graph)
+        if replay:
+            params = dict(zip(start, _Replay.apply(images, labels, run, start, buffers)))
+        else:
+            params = run.forward(_State.initial(start, create_graph), buffers, create_graph).params
     finally:
         model.train(was_training)
     start_buffers = dict(model.named_buffers())
@@ -82,6 +89,137 @@ def simulate_update(
         for name, is_param in zip(layout.names, layout.is_parameter)
     ]
     return torch.cat([p.reshape(-1) for p in pieces])
+
+
+GRAPH_STEPS = 4  # up to this many local steps the graph of every step is kept (no recomputation)
+REPLAY_BYTES = 256 * 2**20  # states (parameters + momentum) one replayed stretch may store; longer ones are bisected
+
+
+@dataclass(frozen=True)
+class _State:
+    """Parameters and momentum buffers between two local steps (``velocity`` lacks a name
+    until the step that first moves it, as in torch's SGD)."""
+
+    params: dict[str, Tensor]
+    velocity: dict[str, Tensor]
+
+    @staticmethod
+    def initial(start: dict[str, Tensor], create_graph: bool) -> "_State":
+        return _State({name: p.detach().requires_grad_(create_graph) for name, p in start.items()}, {})
+
+
+@dataclass(frozen=True)
+class _Run:
+    """The simulated local training as a sequence of steps (epoch, batch indices) over images
+    ``[N, ...]`` (or one copy per epoch, ``[E, N, ...]``, with ``per_epoch``) and labels."""
+
+    model: nn.Module
+    training: TrainingSpec
+    steps: tuple[tuple[int, Tensor], ...]
+    images: Tensor
+    labels: Tensor
+    per_epoch: bool
+
+    def epoch_images(self, images: Tensor, epoch: int) -> Tensor:
+        return images[epoch] if self.per_epoch else images
+
+    def step(self, state: _State, x: Tensor, y: Tensor, buffers: dict[str, Tensor], create_graph: bool) -> _State:
+        params = state.params if create_graph else {k: p.detach().requires_grad_() for k, p in state.params.items()}
+        velocity = dict(state.velocity)
+        logits = functional_call(self.model, (params, buffers), (x,))
+        return _State(sgd_step(params, F.cross_entropy(logits, y), velocity, self.training, create_graph), velocity)
+
+    def forward(
+        self, state: _State, buffers: dict[str, Tensor], create_graph: bool, first: int = 0, last: int | None = None
+    ) -> _State:
+        """The state after steps ``first..last-1`` from ``state`` (with or without their graph)."""
+        images, labels = (self.images, self.labels) if create_graph else (self.images.detach(), self.labels.detach())
+        for epoch, batch in self.steps[first:last]:
+            state = self.step(state, self.epoch_images(images, epoch)[batch], labels[batch], buffers, create_graph)
+        return state
+
+
+class _Replay(torch.autograd.Function):
+    """The simulated training without its graph: the forward pass keeps no step's graph; the
+    backward pass recomputes the states by bisection (O(log T) states held, plus one stretch of
+    S = REPLAY_BYTES / state size steps) and back-propagates through one rebuilt step at a
+    time, so peak memory does not grow with the number of local steps T (O(log T) states),
+    for about 1 + log2(T / S) / 2 extra gradient-free steps per step."""
+
+    @staticmethod
+    def forward(ctx, images, labels, run: _Run, start: dict[str, Tensor], buffers: dict[str, Tensor]):
+        scratch = {name: b.clone() for name, b in buffers.items()}  # train-mode BatchNorm never reads them
+        with torch.enable_grad():
+            final = run.forward(_State.initial(start, False), buffers, False)  # updates ``buffers`` as the client's
+        ctx.replay = _Backward(run, start, scratch, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        return tuple(final.params[name].detach() for name in start)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grad_params):
+        return (*ctx.replay(grad_params), None, None, None)
+
+
+class _Backward:
+    """The backward pass of ``_Replay``: accumulates the gradients of the images and (soft)
+    labels while it walks the steps from the last to the first."""
+
+    def __init__(self, run: _Run, start: dict[str, Tensor], scratch: dict[str, Tensor], images: bool, labels: bool):
+        self.run, self.start, self.scratch = run, start, scratch
+        self.want_images, self.want_labels = images, labels and run.labels.is_floating_point()
+        state_bytes = 2 * sum(p.numel() * p.element_size() for p in start.values())
+        self.stretch = max(2, REPLAY_BYTES // max(state_bytes, 1))
+
+    def __call__(self, grad_params: tuple[Tensor | None, ...]) -> tuple[Tensor | None, Tensor | None]:
+        run = self.run
+        self.grad_images = torch.zeros_like(run.images) if self.want_images else None
+        self.grad_labels = torch.zeros_like(run.labels) if self.want_labels else None
+        adjoint = {name: torch.zeros_like(p) if g is None else g for (name, p), g in zip(self.start.items(), grad_params)}
+        with torch.enable_grad():
+            self.walk(0, len(run.steps), _State.initial(self.start, False), _State(adjoint, {}))
+        return self.grad_images, self.grad_labels
+
+    def walk(self, first: int, last: int, state: _State, adjoint: _State) -> _State:
+        """Back-propagates ``adjoint`` (the gradient w.r.t. the state after step ``last - 1``)
+        through steps ``first..last-1`` from ``state``; returns the adjoint of ``state``."""
+        if last - first > self.stretch:
+            middle = (first + last) // 2
+            halfway = self.run.forward(state, self.scratch, False, first, middle)
+            adjoint = self.walk(middle, last, halfway, adjoint)
+            return self.walk(first, middle, state, adjoint)
+        states = [state]
+        for index in range(first, last - 1):
+            states.append(self.run.forward(states[-1], self.scratch, False, index, index + 1))
+        for index in reversed(range(first, last)):
+            adjoint = self.step_backward(index, states[index - first], adjoint)
+        return adjoint
+
+    def step_backward(self, index: int, state: _State, adjoint: _State) -> _State:
+        """The vector-Jacobian product of step ``index`` rebuilt from ``state``."""
+        run, (epoch, batch) = self.run, self.run.steps[index]
+        params = {name: p.detach().requires_grad_() for name, p in state.params.items()}
+        velocity = {name: v.detach().requires_grad_() for name, v in state.velocity.items()}
+        x = run.epoch_images(run.images, epoch)[batch].detach().requires_grad_(self.want_images)
+        y = run.labels[batch].detach().requires_grad_(self.want_labels)
+        after = run.step(_State(params, velocity), x, y, self.scratch, True)
+        outputs, cotangents = [], []
+        for name, p in after.params.items():
+            outputs.append(p), cotangents.append(adjoint.params[name])
+        for name, v in after.velocity.items():
+            if name in adjoint.velocity:
+                outputs.append(v), cotangents.append(adjoint.velocity[name])
+        inputs = [*params.values(), *velocity.values()] + [t for t in (x, y) if t.requires_grad]
+        grads = torch.autograd.grad(outputs, inputs, cotangents, allow_unused=True)
+        grads = [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads)]
+        names = list(params)
+        new_params = dict(zip(names, grads[: len(names)]))
+        new_velocity = dict(zip(velocity, grads[len(names): len(names) + len(velocity)]))
+        rest = iter(grads[len(names) + len(velocity):])
+        if self.want_images:
+            run.epoch_images(self.grad_images, epoch).index_add_(0, batch, next(rest))
+        if self.want_labels:
+            self.grad_labels.index_add_(0, batch, next(rest))
+        return _State(new_params, new_velocity)
 
 
 def sgd_step(
