@@ -325,3 +325,37 @@ def test_must_show_eight_clients_two_epochs(secure):
         assert mean20 >= 0.6 * bound
     else:
         assert mean30 >= bound - 0.1
+
+
+def test_a_diverging_crafted_model_is_the_attacks_failure_not_an_error(tmp_path):
+    """The study's large fixed gain makes the client's update non-finite: the cell is the
+    attack's failure (recovered nothing, the reason in the diagnostics), the audit's run goes on."""
+    import tomllib
+
+    from flaudit.auditor.running.config import audit_from_document
+    from flaudit.auditor.running.jobs import DIVERGED
+    from flaudit.auditor.running.runner import RunOptions, run_audit
+
+    document = tomllib.loads("""
+[audit]
+attacked_round = 0
+[scenario]
+dataset = "digits"
+clients = 4
+partition = "iid"
+rounds = 1
+local_epochs = 2
+batch_size = 8
+auxiliary_samples = 200
+max_samples = 600
+[[attack]]
+name = "rtf"
+bins = 128
+input_gain = 1e4
+readout_rms = 10.0
+""")
+    card = run_audit(audit_from_document(document, "test"), RunOptions(tmp_path, progress=False)).scorecard
+    (rtf,) = [c for c in card["cells"] if c["attack"]["name"] == "rtf"]
+    assert rtf["status"] == "ok" and rtf["metrics"]["recovery_rate"]["mean"] == 0.0
+    assert rtf["runs"][0]["diagnostics"]["failure"] == DIVERGED
+    assert "non-finite" in rtf["runs"][0]["diagnostics"]["invalid_update"]

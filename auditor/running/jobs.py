@@ -36,6 +36,7 @@ import torch
 from flaudit.auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput
 from flaudit.auditor.privacy_audit.job import PrivacyAuditJob
 from flaudit.auditor.results.grids import best_pairs, grid_png
+from flaudit.core.errors import InvalidUpdateError
 from flaudit.core.jsonable import digest, to_json
 from flaudit.auditor.metrics.leakage import against_nulls
 from flaudit.auditor.metrics.scoring import AttackOutputError, Criterion, score_output
@@ -237,7 +238,12 @@ class Unit:
         simulation, records, accuracies = kind.simulation(world, hooks), {}, []
         began = time.perf_counter()
         for round_index in range(rounds):
-            record = simulation.run_round(round_index)
+            try:
+                record = simulation.run_round(round_index)
+            except InvalidUpdateError as exc:
+                if not any(job.shapes_model for job in self.attacks):
+                    raise
+                return [diverged_result(job, world, round_index, exc) for job in self.attacks]  # a shaping unit has one job
             accuracies.append(record.test_accuracy)
             if round_index in wanted:
                 records[round_index] = record
@@ -258,6 +264,24 @@ class Unit:
                 result = error_result(exc, plugin_origin(attack))
             results.append({**result, "seconds": time.perf_counter() - began})
         return results
+
+
+DIVERGED = "the crafted model diverged: clients would notice"
+
+
+def diverged_result(job: AttackJob, world: FLWorld, round_index: int, exc: InvalidUpdateError) -> dict[str, Any]:
+    """The attack's failure, not an error of the audit: the model it crafted made a client's
+    local training produce non-finite values (a real client would notice), so it recovered
+    none of the samples of the clients it was sent to (the roster)."""
+    targets = sum(len(client.train_indices) for client in world.clients)
+    return {
+        "status": "ok",
+        "metrics": {"recovery_rate": 0.0, "n_recovered": 0, "n_targets": targets, "n_reconstructed": 0, "attack_seconds": 0.0},
+        "attacked_round": job.attacked_round,
+        "target_clients": [client.client_id for client in world.clients],
+        "diagnostics": {"failure": DIVERGED, "diverged_in_round": round_index, "invalid_update": str(exc)},
+        "test_accuracy_at_attack": None,
+    }
 
 
 def plan_units(jobs: list[Job]) -> list[Unit]:
