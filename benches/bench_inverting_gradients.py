@@ -80,3 +80,27 @@ def test_ig_iteration(benchmark, setting, path):
 
     loss = benchmark.pedantic(iteration, rounds=5, warmup_rounds=1, iterations=1)
     assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("path", ["replay", "full_graph"])
+def test_multi_step_objective(benchmark, monkeypatch, path):
+    """The price of bounded memory: the IG objective's forward + backward pass over 16 local
+    steps (16 images, B=1, study CNN at 16x16) with the replayed training (candidate, peak
+    memory independent of the steps) against the kept graph of every step (reference)."""
+    from flaudit.auditor.attacks.toolkit import local_update
+
+    torch.manual_seed(0)
+    shape = (3, 16, 16)
+    model = build_model("cnn", shape, 10).to(DEVICE)
+    layout = ParamLayout.of(model)
+    spec = TrainingSpec(epochs=1, batch_size=1, lr=0.05, momentum=0.9, weight_decay=0.0)
+    labels = torch.arange(16, device=DEVICE) % 10
+    observed = simulate_update(model, layout, spec, torch.rand(16, *shape, device=DEVICE), labels, create_graph=False)
+    if path == "full_graph":
+        monkeypatch.setattr(local_update, "GRAPH_STEPS", 10**9)
+    objective = update_objective(observed, model, layout, spec, labels, distance="cosine", tv_weight=TV)
+    x = torch.rand(16, *shape, device=DEVICE).requires_grad_()
+    benchmark.group = f"IG objective, 16 local steps, cnn 16x16, {DEVICE.type}"
+    benchmark.extra_info.update(role="candidate" if path == "replay" else "reference", label=path)
+    grad = benchmark.pedantic(lambda: torch.autograd.grad(objective(x), x)[0], rounds=3, warmup_rounds=1, iterations=1)
+    assert grad.abs().sum() > 0
