@@ -76,6 +76,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flaudit.auditor.results.scorecard import SCORECARD
 
     config = load_audit(args.config, args.profile)
+    if args.plan:
+        return _print_plan(config, args)
     options = RunOptions(args.out, args.executor, args.address, args.workers, args.resume, not args.no_progress)
     run = run_audit(config, options)
     card = run.scorecard
@@ -90,6 +92,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"flaudit: warning: {failed} cell(s) failed; their errors are in the scorecard and the report",
               file=sys.stderr)
     return 1 if failed and args.strict else 0
+
+
+def _print_plan(config, args: argparse.Namespace) -> int:
+    """``run --plan``: the matrix, its jobs and the estimated time; runs and writes nothing."""
+    from flaudit.auditor.running import catalog
+    from flaudit.auditor.running.estimate import Calibration, plan_text
+    from flaudit.auditor.running.plan import build_plan
+
+    plan = build_plan(config, catalog.registered())
+    print(plan_text(plan, Calibration.from_run(args.out), args.workers, args.out))
+    return 0
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
@@ -190,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--workers", type=int, help="process/ray: jobs at once (default: CPUs / threads per job)")
     p_run.add_argument("--resume", action="store_true", help="reuse the jobs already finished in --out")
     p_run.add_argument("--strict", action="store_true", help="exit 1 when any cell failed")
+    p_run.add_argument("--plan", action="store_true",
+                       help="print the matrix, its jobs and the estimated time (from --out's finished jobs); run nothing")
     p_run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p_run.set_defaults(func=cmd_run)
 

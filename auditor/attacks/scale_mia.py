@@ -221,7 +221,7 @@ def train_autoencoder(
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, params.ae_lr, total_steps=max(1, params.ae_epochs * batches))
     device = _device(autoencoder)
     autoencoder.train()
-    for _ in tqdm(range(params.ae_epochs), desc="scale_mia autoencoder", unit="epoch", leave=False):
+    for _ in tqdm(range(params.ae_epochs), desc="scale_mia autoencoder", unit="epoch", leave=False, disable=None):
         order = torch.randperm(len(images), generator=generator)
         for start in range(0, len(images), params.ae_batch_size):
             batch = dihedral(images[order[start : start + params.ae_batch_size]], generator).to(device)

@@ -8,8 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from flaudit.auditor.running import catalog as catalogs
 from flaudit.auditor.running.catalog import Catalog
 from flaudit.auditor.running.config import AuditConfig
@@ -18,6 +16,7 @@ from flaudit.auditor.running.jobs import plan_units
 from flaudit.auditor.running.manifest import manifest, now
 from flaudit.auditor.results.outputs import write_all
 from flaudit.auditor.running.plan import AuditPlan, build_plan
+from flaudit.auditor.running.progress import Progress
 from flaudit.auditor.results.scorecard import build
 from flaudit.auditor.running import provenance
 from flaudit.auditor.running.store import ARTIFACTS, CELLS, ResultStore, atomic_write
@@ -66,14 +65,11 @@ def run_audit(config: AuditConfig, options: RunOptions, catalog: Catalog | None 
     results = {k: r for k, r in store.finished().items() if k in wanted} if options.resume else {}
     resumed = len(results)
     units = plan_units([job for job in plan.jobs if job.key not in results])
-    failed = 0
-    with tqdm(total=len(plan.jobs), initial=resumed, desc="audit jobs", unit="job", disable=not options.progress) as bar:
+    with Progress(len(plan.jobs), resumed, options.progress) as progress:
         for unit, unit_results in executor.run(units):
             for job, result in zip(unit.jobs, unit_results, strict=True):
                 results[job.key] = store.save(job, result)
-                failed += result["status"] != "ok"
-            bar.set_postfix(failed=failed, refresh=False)
-            bar.update(len(unit.jobs))
+                progress.finished(job, result)
     facts = manifest(
         config_hash=config.config_hash,
         seeds=list(config.seeds),

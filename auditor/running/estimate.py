@@ -1,0 +1,107 @@
+"""``flaudit run --plan``: what an audit would run and how long it would take, written before
+anything runs (and writing nothing).
+
+The estimate is calibrated from finished jobs in the run folder (a previous or partial run of
+the same attacks on this machine): mean seconds per attack (its own reconstruction, plus the
+preparation and simulation of a model-shaping attack's private run) and per utility
+simulation. Kinds without a finished job are listed as uncalibrated. ``--executor ray
+--workers N`` is estimated by longest-first scheduling of the simulation units on N workers.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import mean
+
+from flaudit.auditor.running.jobs import AttackJob, Job, Unit, plan_units
+from flaudit.auditor.running.plan import AuditPlan
+from flaudit.auditor.running.progress import clock
+from flaudit.auditor.running.store import CELLS
+
+UTILITY = "utility (simulation)"
+
+
+def job_kind(job: Job) -> str:
+    return job.attack.name if isinstance(job, AttackJob) else UTILITY
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Mean seconds per job kind, from the finished jobs of a run folder."""
+
+    seconds: dict[str, float]
+    samples: dict[str, int]
+
+    @staticmethod
+    def from_run(out: Path) -> "Calibration":
+        measured: dict[str, list[float]] = defaultdict(list)
+        for path in sorted((out / CELLS).glob("*.json")) if (out / CELLS).is_dir() else ():
+            try:
+                record = json.loads(path.read_text())
+                job, result = record["job"], record["result"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if result.get("status") != "ok":
+                continue
+            kind = job["attack"]["name"] if job.get("kind") == "attack" else UTILITY
+            seconds = float(result.get("seconds", 0.0))
+            timing = result.get("timing") or {}
+            if timing.get("prepare_seconds"):  # a model-shaping attack's private run
+                seconds += timing["prepare_seconds"] + timing.get("simulation_seconds", 0.0)
+            measured[kind].append(seconds)
+        return Calibration({k: mean(v) for k, v in measured.items()}, {k: len(v) for k, v in measured.items()})
+
+    def unit_seconds(self, unit: Unit) -> float | None:
+        """A unit's estimated seconds; None when one of its kinds is uncalibrated."""
+        kinds = [job_kind(job) for job in unit.jobs]
+        if unit.utility is None and not any(job.shapes_model for job in unit.attacks):
+            kinds.append(UTILITY)  # the shared simulation still runs
+        if any(kind not in self.seconds for kind in kinds):
+            return None
+        return sum(self.seconds[kind] for kind in kinds)
+
+
+def makespan(durations: list[float], workers: int) -> float:
+    """Longest-first list scheduling of ``durations`` on ``workers``."""
+    loads = [0.0] * max(1, workers)
+    for duration in sorted(durations, reverse=True):
+        heapq.heapreplace(loads, loads[0] + duration)
+    return max(loads)
+
+
+def plan_text(plan: AuditPlan, calibration: Calibration, workers: int | None, source: Path) -> str:
+    applicable = [c for c in plan.cells if not c.not_applicable]
+    units = plan_units(plan.jobs)
+    kinds = Counter(job_kind(job) for job in plan.jobs)
+    lines = [
+        f"audit {plan.config.options.name!r} ({plan.config.source}), profile {plan.config.profile!r}",
+        f"matrix: {len(plan.config.scenarios)} scenario(s) x {len(plan.defenses)} defense column(s) x "
+        f"{len(plan.attacks)} attack(s) = {len(plan.cells)} cells ({len(applicable)} applicable)",
+        f"  scenarios: {', '.join(s.label + ' seeds ' + str(list(s.seeds)) for s in plan.config.scenarios)}",
+        f"  defenses:  {', '.join(d.label for d in plan.defenses)}",
+        f"  attacks:   {', '.join(a.label for a in plan.attacks)}",
+        f"jobs: {len(plan.jobs)} in {len(units)} simulation units ({plan.threads} thread(s) each)",
+        "",
+        f"{'kind':<24} {'jobs':>5} {'s/job':>9} {'total':>9}  calibrated from",
+    ]
+    for kind, count in sorted(kinds.items()):
+        if kind in calibration.seconds:
+            each = calibration.seconds[kind]
+            lines.append(f"{kind:<24} {count:>5} {each:>9.1f} {clock(each * count):>9}  {calibration.samples[kind]} finished job(s)")
+        else:
+            lines.append(f"{kind:<24} {count:>5} {'?':>9} {'?':>9}  none")
+    estimates = [calibration.unit_seconds(unit) for unit in units]
+    known = [e for e in estimates if e is not None]
+    missing = len(estimates) - len(known)
+    suffix = f" (+ {missing} uncalibrated unit(s))" if missing else ""
+    lines += ["", f"estimated wall time, --executor local: {clock(sum(known))}{suffix}"]
+    for n in sorted({2, 4, 8, *( [workers] if workers else [])}):
+        lines.append(f"estimated wall time, --executor ray --workers {n}: {clock(makespan(known, n))}{suffix}")
+    if missing:
+        lines.append(f"calibrate: run these kinds once into {source} (or a part of the audit), then --plan again")
+    lines.append("peak memory per job: not measured by this estimate")
+    return "\n".join(lines)
