@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 
-from flaudit.auditor.running.estimate import UTILITY, Calibration, makespan, plan_text
+from flaudit.auditor.running.estimate import Calibration, makespan, plan_text
 from flaudit.auditor.running.plan import build_plan
 from flaudit.auditor.running.progress import Progress
 from test_audit_toys import run_toy, toy_catalog, toy_config
@@ -28,9 +28,12 @@ def test_plan_is_calibrated_from_a_finished_run(tmp_path):
     assert "uncalibrated unit(s)" in uncalibrated and "--workers 3" in uncalibrated
     run_toy(tmp_path, ALL_ATTACKS)
     calibration = Calibration.from_run(tmp_path)
-    assert UTILITY in calibration.seconds and "linear_leakage" in calibration.seconds
+    assert len(calibration.seconds) >= 2
     text = plan_text(plan, calibration, None, tmp_path)
-    assert f"jobs: {len(plan.jobs)} in" in text and "linear_leakage" in text
+    assert f"jobs: {len(plan.jobs)} in" in text
+    rows = {line.split()[0]: line for line in text.splitlines() if line.split()}
+    assert "?" not in rows["linear_leakage"] and "?" not in rows["utility"]
+    assert "?" in rows["crashes"]  # it never finished a job: nothing to calibrate from
     assert "--executor ray --workers 4" in text
 
 

@@ -2,7 +2,7 @@
 anything runs (and writing nothing).
 
 The estimate is calibrated from finished jobs in the run folder (a previous or partial run of
-the same attacks on this machine): mean seconds per attack (its own reconstruction, plus the
+the same attacks with the same parameters on this machine): mean seconds per attack (its own reconstruction, plus the
 preparation and simulation of a model-shaping attack's private run) and per utility
 simulation. Kinds without a finished job are listed as uncalibrated. ``--executor ray
 --workers N`` is estimated by longest-first scheduling of the simulation units on N workers.
@@ -18,6 +18,7 @@ from pathlib import Path
 from statistics import mean
 
 from flaudit.auditor.running.jobs import AttackJob, Job, Unit, plan_units
+from flaudit.core.jsonable import digest, to_json
 from flaudit.auditor.running.plan import AuditPlan
 from flaudit.auditor.running.progress import clock
 from flaudit.auditor.running.store import CELLS
@@ -27,6 +28,17 @@ UTILITY = "utility (simulation)"
 
 def job_kind(job: Job) -> str:
     return job.attack.name if isinstance(job, AttackJob) else UTILITY
+
+
+def job_cost_key(kind: str, attack: dict | None, scenario: dict) -> str:
+    """What a job's cost depends on: its attack with its parameters (a profile's budgets), or,
+    for the simulation, the scenario without its seed."""
+    return digest([kind, attack if attack is not None else {k: v for k, v in scenario.items() if k != "seed"}])
+
+
+def cost_key(job: Job) -> str:
+    attack = job.attack.describe() if isinstance(job, AttackJob) else None
+    return job_cost_key(job_kind(job), attack, to_json(job.scenario))
 
 
 @dataclass(frozen=True)
@@ -47,7 +59,8 @@ class Calibration:
                 continue
             if result.get("status") != "ok":
                 continue
-            kind = job["attack"]["name"] if job.get("kind") == "attack" else UTILITY
+            attack = job.get("attack") if job.get("kind") == "attack" else None
+            kind = job_cost_key(attack["name"] if attack else UTILITY, attack, job["scenario"])
             seconds = float(result.get("seconds", 0.0))
             timing = result.get("timing") or {}
             if timing.get("prepare_seconds"):  # a model-shaping attack's private run
@@ -57,9 +70,9 @@ class Calibration:
 
     def unit_seconds(self, unit: Unit) -> float | None:
         """A unit's estimated seconds; None when one of its kinds is uncalibrated."""
-        kinds = [job_kind(job) for job in unit.jobs]
+        kinds = [cost_key(job) for job in unit.jobs]
         if unit.utility is None and not any(job.shapes_model for job in unit.attacks):
-            kinds.append(UTILITY)  # the shared simulation still runs
+            kinds.append(job_cost_key(UTILITY, None, to_json(unit.scenario)))  # the shared simulation still runs
         if any(kind not in self.seconds for kind in kinds):
             return None
         return sum(self.seconds[kind] for kind in kinds)
@@ -77,6 +90,9 @@ def plan_text(plan: AuditPlan, calibration: Calibration, workers: int | None, so
     applicable = [c for c in plan.cells if not c.not_applicable]
     units = plan_units(plan.jobs)
     kinds = Counter(job_kind(job) for job in plan.jobs)
+    keys: dict[str, set[str]] = defaultdict(set)
+    for job in plan.jobs:
+        keys[job_kind(job)].add(cost_key(job))
     lines = [
         f"audit {plan.config.options.name!r} ({plan.config.source}), profile {plan.config.profile!r}",
         f"matrix: {len(plan.config.scenarios)} scenario(s) x {len(plan.defenses)} defense column(s) x "
@@ -89,9 +105,10 @@ def plan_text(plan: AuditPlan, calibration: Calibration, workers: int | None, so
         f"{'kind':<24} {'jobs':>5} {'s/job':>9} {'total':>9}  calibrated from",
     ]
     for kind, count in sorted(kinds.items()):
-        if kind in calibration.seconds:
-            each = calibration.seconds[kind]
-            lines.append(f"{kind:<24} {count:>5} {each:>9.1f} {clock(each * count):>9}  {calibration.samples[kind]} finished job(s)")
+        if all(key in calibration.seconds for key in keys[kind]):
+            each = mean(calibration.seconds[key] for key in keys[kind])
+            samples = sum(calibration.samples[key] for key in keys[kind])
+            lines.append(f"{kind:<24} {count:>5} {each:>9.1f} {clock(each * count):>9}  {samples} finished job(s)")
         else:
             lines.append(f"{kind:<24} {count:>5} {'?':>9} {'?':>9}  none")
     estimates = [calibration.unit_seconds(unit) for unit in units]
