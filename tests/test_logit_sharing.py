@@ -34,7 +34,7 @@ def entropy(probs: torch.Tensor) -> torch.Tensor:
 
 
 def test_kinds_are_registered():
-    assert SCENARIO_KINDS.names() == ["dsfl", "fedavg", "fedgems", "fedmd"]
+    assert SCENARIO_KINDS.names() == ["dsfl", "fedavg", "fedgems", "fedmd", "recorded"]
 
 
 def test_protocol_splits_target_labels_into_private_and_blurred_public():

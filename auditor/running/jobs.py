@@ -182,7 +182,7 @@ def unscored_result(output: AttackOutput, reason: str, attack_seconds: float, at
                     grid_images: int) -> dict[str, Any]:
     images = output.images.detach().float().cpu().clamp(0, 1)[:grid_images]
     result = {
-        "status": "ok", "unscored": reason,
+        "status": "ok", "unscored": reason, "null": None, "rated_by": [],
         "metrics": {"attack_seconds": attack_seconds, "n_reconstructed": int(output.images.shape[0])},
         "attacked_round": attacked_round, "target_clients": list(output.target_clients),
         "diagnostics": to_json(output.diagnostics), "test_accuracy_at_attack": record.test_accuracy,
@@ -276,7 +276,10 @@ def diverged_result(job: AttackJob, world: FLWorld, round_index: int, exc: Inval
     targets = sum(len(client.train_indices) for client in world.clients)
     return {
         "status": "ok",
-        "metrics": {"recovery_rate": 0.0, "n_recovered": 0, "n_targets": targets, "n_reconstructed": 0, "attack_seconds": 0.0},
+        "metrics": {"recovery_rate": 0.0, "n_recovered": 0, "n_targets": targets, "n_reconstructed": 0, "attack_seconds": 0.0,
+                    "null_recovery_rate": 0.0, "n_null_recovered": 0, "leakage": 0.0},
+        "null": None,  # it returned nothing, and so would any null
+        "rated_by": ["images"],
         "attacked_round": job.attacked_round,
         "target_clients": [client.client_id for client in world.clients],
         "diagnostics": {"failure": DIVERGED, "diverged_in_round": round_index, "invalid_update": str(exc)},
