@@ -3,19 +3,25 @@ audit, ``gate`` a candidate scorecard against a baseline, re-render a ``report``
 
 Exit status: 0 success; 1 ``gate`` found regressions (or ``run --strict`` had failed cells);
 1 ``verify`` found a scorecard that differs from its run folder; 2 unusable input (config,
-names, data, scorecards, and for ``gate`` a scorecard that does not verify), with one line
-naming the problem."""
+names, data, scorecards, paths, and for ``gate`` a scorecard that does not verify), with one
+line naming the problem; 3 an unexpected internal error: one line, the traceback goes to a log
+file it names."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import os
 import sys
+import tempfile
+import time
+import traceback
 from pathlib import Path
 from typing import Sequence
 
 from flaudit.core.errors import FlauditError
+from flaudit.core.tables import one_line
 
 
 def _registries() -> dict[str, object]:
@@ -117,7 +123,12 @@ def cmd_gate(args: argparse.Namespace) -> int:
         for path in (args.baseline, args.candidate):
             _refuse_unverified(path)
     junit = args.junit or scorecard.scorecard_path(args.candidate).parent / "gate-junit.xml"
-    gate.write_junit(result, junit)
+    if junit.is_dir():
+        raise FlauditError(f"--junit {junit} is a folder; give a file path, e.g. {junit / 'gate-junit.xml'}")
+    try:
+        gate.write_junit(result, junit)
+    except OSError as exc:
+        raise FlauditError(f"cannot write --junit {junit}: {exc.strerror or exc}") from None
     scored = sum(c["status"] != "not_applicable" for c in result.cells)
     if result.passed:
         print(f"flaudit gate: pass: no leakage regression in {scored} applicable cell(s) "
@@ -229,16 +240,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _crash_log(exc: BaseException) -> Path | None:
+    """Writes ``exc``'s traceback to a log file for a bug report; None when it cannot."""
+    try:
+        handle, name = tempfile.mkstemp(prefix=f"flaudit-crash-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".log")
+        with os.fdopen(handle, "w") as log:
+            log.write(f"flaudit {' '.join(sys.argv[1:])}\n\n" + "".join(traceback.format_exception(exc)))
+        return Path(name)
+    except OSError:
+        return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except FlauditError as exc:
-        print(f"flaudit: error: {exc}", file=sys.stderr)
+        print(f"flaudit: error: {one_line(str(exc), 2000)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `flaudit list | head`: the reader left, which is not an error
         sys.stderr.close()
         return 0
+    except KeyboardInterrupt:
+        print("flaudit: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - a bug: one line and a pointer, never a bare traceback
+        log = _crash_log(exc)
+        where = f"; the traceback is in {log}" if log else ""
+        print(f"flaudit: internal error: {type(exc).__name__}: {one_line(str(exc), 300)}{where}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

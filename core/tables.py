@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import tomllib
 import types
 import typing
@@ -21,9 +22,10 @@ C = TypeVar("C")
 
 
 def bounded(default: Any, *, min: float | None = None, max: float | None = None,
-            exclusive_min: bool = False, doc: str = "") -> Any:
-    """A dataclass field whose numeric value (when not None) must lie in [min, max]."""
-    meta = {"min": min, "max": max, "exclusive_min": exclusive_min, "doc": doc}
+            exclusive_min: bool = False, allow_inf: bool = False, doc: str = "") -> Any:
+    """A dataclass field whose numeric value (when not None) must lie in [min, max]. Every float
+    must be finite (NaN never passes) unless ``allow_inf`` says infinity means something."""
+    meta = {"min": min, "max": max, "exclusive_min": exclusive_min, "allow_inf": allow_inf, "doc": doc}
     if isinstance(default, (dict, list)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -85,8 +87,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 def _check_range(value: Any, meta: Mapping[str, Any], key: str) -> None:
-    if value is None or not isinstance(value, (int, float)):
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_range(item, meta, f"{key}[{i}]")
         return
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if isinstance(value, float) and (math.isnan(value) or (math.isinf(value) and not meta.get("allow_inf"))):
+        raise ConfigError(f"{key}: must be a finite number, got {value}")
     low, high = meta.get("min"), meta.get("max")
     if low is not None and (value <= low if meta.get("exclusive_min") else value < low):
         relation = ">" if meta.get("exclusive_min") else ">="
@@ -116,12 +124,34 @@ def from_mapping(cls: type[C], data: Mapping[str, Any], section: str) -> C:
     return cls(**values)
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config is a page of text; anything larger is not one
+
+
 def read_toml(path: Path) -> dict[str, Any]:
-    """Parses a TOML file; a missing file or a syntax error is a ConfigError naming it."""
+    """Parses a TOML file; a missing, unreadable, oversized, non-UTF-8 or malformed file is a
+    ConfigError naming it."""
     try:
         with open(path, "rb") as handle:
-            return tomllib.load(handle)
+            data = handle.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder, not a TOML file") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES >> 20} MiB; it is not a config")
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        raise ConfigError(f"config file {path} is not valid TOML: {one_line(str(exc))}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} is nested too deeply to be a config") from None
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """``text`` folded onto one line, at most ``limit`` characters (error messages)."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"

@@ -447,7 +447,7 @@ def _imagefolder(options: DataOptions) -> DatasetSplits:
         f"or as <data_root>/<class>/<image>.png to hold out {TEST_FRACTION:.0%} of each class by seed."
     )
     root = _require("imagefolder", options.data_root, [], how)
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
     split_folders = (root / "train").is_dir()
     if split_folders:
@@ -459,10 +459,19 @@ def _imagefolder(options: DataOptions) -> DatasetSplits:
         raise DataNotFoundError(f"dataset 'imagefolder': no class folders in {class_root}. {how}") from None
 
     def samples(folder: Path) -> tuple[list[Path], np.ndarray]:
-        found = make_dataset(folder, class_to_idx, IMG_EXTENSIONS, allow_empty=True)
+        # Images sit directly in each class folder: never walk deeper (a data_root such as "/"
+        # must be refused at once, not scanned).
+        found = []
+        for name, index in class_to_idx.items():
+            if not (folder / name).is_dir():  # a test split may lack a class
+                continue
+            images = sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in IMG_EXTENSIONS and p.is_file())
+            if not images:
+                raise DataNotFoundError(f"dataset 'imagefolder': class folder {folder / name} holds no images. {how}")
+            found += [(path, index) for path in images]
         if not found:
             raise DataNotFoundError(f"dataset 'imagefolder': no images under {folder}. {how}")
-        return [Path(p) for p, _ in found], np.array([c for _, c in found], dtype=np.int64)
+        return [p for p, _ in found], np.array([c for _, c in found], dtype=np.int64)
 
     def part(paths: Sequence[Path], labels: np.ndarray) -> ImageDataset:
         def load(keep: np.ndarray) -> torch.Tensor:

@@ -33,21 +33,21 @@ class ScenarioConfig:
     logit_options: dict[str, Any] = bounded({})  # the logit-sharing kinds' options, checked by the kind
     dataset: str = "digits"
     data_root: Path | None = None
-    image_size: int | None = bounded(None, min=4)
+    image_size: int | None = bounded(None, min=4, max=1024, doc="pixels per side; larger would need GBs per batch")
     max_samples: int | None = bounded(None, min=1)
     model: str = "cnn"
     model_options: dict[str, Any] = bounded({})
     extra_classes: int = bounded(
-        0, min=0, doc="output classes beyond the data's (DMGAN's 'fake' class); no sample carries them"
+        0, min=0, max=100_000, doc="output classes beyond the data's (DMGAN's 'fake' class); no sample carries them"
     )
-    clients: int = bounded(10, min=1)
+    clients: int = bounded(10, min=1, max=100_000)
     sample_fraction: float = bounded(1.0, min=0.0, max=1.0, exclusive_min=True)
-    rounds: int = bounded(20, min=1)
-    local_epochs: int = bounded(1, min=1)
-    batch_size: int = bounded(16, min=1)
-    lr: float = bounded(0.05, min=0.0, exclusive_min=True)
+    rounds: int = bounded(20, min=1, max=100_000)
+    local_epochs: int = bounded(1, min=1, max=10_000)
+    batch_size: int = bounded(16, min=1, max=65_536)
+    lr: float = bounded(0.05, min=0.0, max=100.0, exclusive_min=True)
     momentum: float = bounded(0.9, min=0.0, max=1.0)
-    weight_decay: float = bounded(0.0, min=0.0)
+    weight_decay: float = bounded(0.0, min=0.0, max=100.0)
     partition: str = "dirichlet"
     alpha: float | None = bounded(None, min=0.0, exclusive_min=True)
     shards_per_client: int | None = bounded(None, min=1)
@@ -110,7 +110,12 @@ class FLWorld:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"scenario.device={name!r}: expected cpu, cuda, cuda:N or auto") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"scenario.device={name!r}: expected cpu, cuda, cuda:N or auto")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"scenario.device={name!r} but CUDA is not available on this machine")
     return device

@@ -39,7 +39,8 @@ def test_run_writes_everything_and_prints_the_summary(tmp_path, capsys):
     assert captured.out.startswith("## flaudit audit: audit")
     assert "| linear_leakage | **high** 4/4 recovered, null 0/4 · leakage +100.0% |" in captured.out
     assert f"report:    {out / 'report.html'}" in captured.err
-    assert {p.name for p in out.iterdir()} == {"scorecard.json", "report.html", "summary.md", "cells", "artifacts", "config.toml"}
+    assert {p.name for p in out.iterdir()} == {"scorecard.json", "report.html", "summary.md", "cells", "artifacts", "config.toml",
+                                               "run.json", "run.lock"}
     (out / "report.html").unlink()
     assert main(["report", str(out)]) == 0
     assert (out / "report.html").read_text().startswith("<!DOCTYPE html>")

@@ -154,6 +154,7 @@ class Attack(Component, ABC):
     # The attack row that already reports this attack's internal label step (e.g. "labels"):
     # its labels are still scored, but the cell is rated by its own output, the images.
     label_step: ClassVar[str | None] = None
+    needs_auxiliary: ClassVar[bool] = False  # the attacker's auxiliary data (scenario.auxiliary_samples)
 
     def not_applicable(self, scenario: ScenarioConfig, defenses: Sequence[Defense]) -> str | None:
         """Why this attack's threat model does not fit the setting, or None if it does."""
@@ -163,6 +164,16 @@ class Attack(Component, ABC):
                 f"{self.name} needs each client's update; {hiding[0]} shows the server only "
                 "the aggregate"
             )
+        return None
+
+    def missing_input(self, scenario: ScenarioConfig) -> str | None:
+        """What this attack's parameters need that the scenario lacks (a client it names, its
+        auxiliary data), checked before any job runs; None when nothing is missing."""
+        target = getattr(self.params, "target_client", None)
+        if target is not None and target >= scenario.clients:
+            return f"{self.name} target_client={target}, but the scenario has {scenario.clients} clients (0..{scenario.clients - 1})"
+        if self.needs_auxiliary and scenario.auxiliary_samples == 0:
+            return f"{self.name} needs the attacker's auxiliary data: set scenario.auxiliary_samples (a few hundred)"
         return None
 
     def prepare(self, knowledge: AttackerKnowledge) -> ServerModelHook | AdversarialClient | None:

@@ -165,6 +165,7 @@ class RtfServer:
 class RobbingTheFed(Attack):
     threat_model = ThreatModel.MALICIOUS_SERVER
     crafts_model = True
+    needs_auxiliary = True
     Params = RtfParams
     needs_individual_updates = False
 

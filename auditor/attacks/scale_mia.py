@@ -411,6 +411,7 @@ class ScaleMiaServer:
 class ScaleMia(Attack):
     threat_model = ThreatModel.MALICIOUS_SERVER
     crafts_model = True
+    needs_auxiliary = True
     Params = ScaleMiaParams
     needs_individual_updates = False
 

@@ -12,6 +12,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from flaudit.auditor.results import risk
 from flaudit.auditor.results.cells import CellFigures, ImageFigures, Stat, counts_text, labels_text
+from flaudit.auditor.results.artifact_paths import resolve_inside
 from flaudit.auditor.results.plots import privacy_utility_png
 from flaudit.auditor.results.scorecard import worst_cells
 
@@ -25,6 +26,11 @@ figure{margin:1rem 0}figure img{max-width:100%;image-rendering:pixelated;border:
 .violation{color:#fff;background:#b3261e;padding:0 .3rem;border-radius:.2rem;font-weight:700}
 pre{background:#f6f6f6;padding:.5rem;overflow-x:auto;font-size:.78rem;max-height:18rem}code{font-size:.82rem}
 """
+
+
+def _e(value: Any) -> str:
+    """Any scorecard value as HTML text: a scorecard is data a user may have edited."""
+    return escape(str(value))
 
 
 def _png(data: bytes) -> str:
@@ -138,11 +144,11 @@ def _audited(document: Mapping[str, Any]) -> str:
         ["label", "dataset", "model", "clients", "rounds", "local training", "partition", "seeds"],
         (
             [
-                escape(s["label"]), escape(str(s["config"]["dataset"])), escape(str(s["config"]["model"])),
-                str(s["config"]["clients"]), str(s["config"]["rounds"]),
-                f"E={s['config']['local_epochs']}, B={s['config']['batch_size']}, lr={s['config']['lr']}",
-                escape(f"{s['config']['partition']}" + (f" (alpha={s['config']['alpha']})" if s["config"].get("alpha") else "")),
-                ", ".join(map(str, s["seeds"])),
+                _e(s["label"]), _e(s["config"].get("dataset")), _e(s["config"].get("model")),
+                _e(s["config"].get("clients")), _e(s["config"].get("rounds")),
+                _e(f"E={s['config'].get('local_epochs')}, B={s['config'].get('batch_size')}, lr={s['config'].get('lr')}"),
+                _e(f"{s['config'].get('partition')}" + (f" (alpha={s['config']['alpha']})" if s["config"].get("alpha") else "")),
+                _e(", ".join(map(str, s["seeds"]))),
             ]
             for s in audit["scenarios"]
         ),
@@ -165,14 +171,14 @@ def _grids(document: Mapping[str, Any], out: Path, count: int) -> str:
     for cell in worst_cells(document["cells"], count):
         if not cell["artifacts"]:
             continue
-        path = out / cell["artifacts"][0]["grid"]
+        path = resolve_inside(out, cell["artifacts"][0]["grid"], f"cell {cell['id']!r}")
         if not path.is_file():
             parts.append(f"<p>{escape(cell['id'])}: grid {escape(str(path))} is missing.</p>")
             continue
         figures = CellFigures.of(cell)
         what = escape(counts_text(figures.images)) if figures.images else "no image recovered"
         caption = (
-            f"<b>{escape(cell['id'])}</b> (seed {cell['artifacts'][0]['seed']}): risk {escape(cell['risk'])}, {what}. "
+            f"<b>{escape(cell['id'])}</b> (seed {_e(cell['artifacts'][0]['seed'])}): risk {escape(cell['risk'])}, {what}. "
             "Top row: original client images; bottom row: their matched reconstructions, best-recovered first."
         )
         parts.append(f'<figure><img alt="{escape(cell["id"])}" src="{_png(path.read_bytes())}"><figcaption>{caption}</figcaption></figure>')
@@ -232,7 +238,7 @@ def _errors(document: Mapping[str, Any]) -> str:
     if not failed:
         return "<p>None: every job finished.</p>"
     return "".join(
-        f"<details><summary><b>{escape(where)}</b> seed {e.get('seed', '?')}: {escape(e['type'])}: {escape(e['message'])}</summary><pre>{escape(e['traceback'])}</pre></details>"
+        f"<details><summary><b>{escape(where)}</b> seed {_e(e.get('seed', '?'))}: {escape(e['type'])}: {escape(e['message'])}</summary><pre>{escape(e['traceback'])}</pre></details>"
         for where, e in failed
     )
 
@@ -258,13 +264,13 @@ def _manifest(document: Mapping[str, Any]) -> str:
     m, audit = document["manifest"], document["audit"]
     facts = [
         ("config", f"{escape(audit['source'])} (profile {escape(str(audit['profile']))})"),
-        ("config hash", f"<code>{audit['config_hash']}</code>"),
-        ("seeds", ", ".join(map(str, m["seeds"]))),
-        ("started / finished", f"{m['started']} / {m['finished']} ({m.get('duration_seconds', 0):.0f} s)"),
-        ("executor", f"{escape(m['executor'])}, {m['threads']} thread(s) per job, workers: {m.get('workers') or 'default'}"),
+        ("config hash", f"<code>{_e(audit['config_hash'])}</code>"),
+        ("seeds", _e(", ".join(map(str, m["seeds"])))),
+        ("started / finished", _e(f"{m['started']} / {m['finished']} ({m.get('duration_seconds') or 0:.0f} s)")),
+        ("executor", _e(f"{m['executor']}, {m['threads']} thread(s) per job, workers: {m.get('workers') or 'default'}")),
         ("git commit", escape(str(m["git"]["commit"])) + (" (uncommitted changes)" if m["git"]["dirty"] else "")),
         ("device", escape(f"{m['device']['cpu']}; CUDA available: {m['device']['cuda_available']} {', '.join(m['device']['gpus'])}")),
-        ("compiled kernels", f"built: {m['extension']['built']}, CUDA kernels: {m['extension']['cuda_kernels']}"),
+        ("compiled kernels", _e(f"built: {m['extension']['built']}, CUDA kernels: {m['extension']['cuda_kernels']}")),
         ("python / platform", escape(f"{m['python']} / {m['platform']}")),
         ("packages", escape(", ".join(f"{k} {v}" for k, v in m["packages"].items()))),
         *_provenance(m),

@@ -28,6 +28,8 @@ from flaudit.auditor.running.config import BASELINE
 from flaudit.core.jsonable import to_json
 from flaudit.auditor.metrics.stats import interval
 from flaudit.core.errors import FlauditError
+from flaudit.core.tables import one_line
+from flaudit.auditor.results.artifact_paths import check_scorecard
 
 if TYPE_CHECKING:  # building needs the plan; reading and validating must stay light
     from flaudit.auditor.running.plan import AuditPlan, Cell
@@ -72,7 +74,7 @@ def validate(document: Any, where: str = "scorecard") -> None:
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema(schema_id)).iter_errors(document))
     if error is not None:
         location = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise ScorecardError(f"{where} does not follow {schema_id} at {location}: {error.message}")
+        raise ScorecardError(f"{where} does not follow {schema_id} at {location}: {one_line(error.message, 200)}")
 
 
 def scorecard_path(path: Path) -> Path:
@@ -80,18 +82,44 @@ def scorecard_path(path: Path) -> Path:
     return path / SCORECARD if path.is_dir() else path
 
 
-def load(path: Path) -> dict[str, Any]:
-    """Reads and validates a scorecard (``path``: the file or its run folder)."""
-    file = scorecard_path(path)
+def _not_a_number(text: str) -> float:
+    raise ValueError(f"{text} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} overflows a float")
+    return value
+
+
+def parse_json(text: str) -> Any:
+    """Strict JSON: NaN, Infinity and numbers that overflow to inf are errors (ValueError), so
+    no metric or tolerance can be NaN; absurd nesting is a ValueError too."""
     try:
-        document = json.loads(file.read_text())
+        return json.loads(text, parse_constant=_not_a_number, parse_float=_finite)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def load(path: Path) -> dict[str, Any]:
+    """Reads and validates a scorecard (``path``: the file or its run folder); refuses one whose
+    run did not finish and one naming artifacts outside its folder."""
+    from flaudit.auditor.running.folder import unfinished
+
+    file = scorecard_path(path)
+    if (reason := unfinished(file.parent)) is not None:
+        raise ScorecardError(reason)
+    try:
+        document = parse_json(file.read_text())
     except FileNotFoundError:
         raise ScorecardError(f"scorecard {file} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ScorecardError(f"scorecard {file} cannot be read: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise ScorecardError(f"scorecard {file} is not valid JSON: {exc}") from None
+        raise ScorecardError(f"scorecard {file} cannot be read: {one_line(str(exc))}") from None
+    except ValueError as exc:
+        raise ScorecardError(f"scorecard {file} is not valid JSON: {one_line(str(exc))}") from None
     validate(document, f"scorecard {file}")
+    check_scorecard(document, f"scorecard {file}")
     return document
 
 

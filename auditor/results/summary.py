@@ -3,9 +3,16 @@ short enough for a pull-request comment."""
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping
 
 from flaudit.auditor.results.cells import CellFigures, counts_text, labels_text, signed_percent
+_MARKDOWN = re.compile(r"([\\`*|<>\[\]~])|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
+
+
+def _md(value: Any) -> str:
+    """A label or name as literal Markdown text on one line (labels are user input)."""
+    return _MARKDOWN.sub(lambda m: "\\" + m.group(0), " ".join(str(value).split()))
 
 
 def _cell(cell: Mapping[str, Any]) -> str:
@@ -48,25 +55,25 @@ def render(document: Mapping[str, Any]) -> str:
     by_risk = summary["by_risk"]
     unscored = by_risk.get("unscored", 0)  # older scorecards have no such level
     lines = [
-        f"## flaudit audit: {audit['name']}",
+        f"## flaudit audit: {_md(audit['name'])}",
         "",
         f"{summary['cells']} cells: {summary['ok'] - unscored} scored, "
         + (f"{unscored} unscored (no ground truth), " if unscored else "")
         + f"{summary['not_applicable']} not applicable, "
         f"{summary['error']} failed · risk: high {by_risk['high']}, medium {by_risk['medium']}, "
         f"low {by_risk['low']}, none {by_risk['none']} · {_criterion(audit)} · "
-        f"config `{audit['config_hash'][:12]}`, profile {audit['profile']}",
+        f"config `{audit['config_hash'][:12]}`, profile {_md(audit['profile'])}",
     ]
     defenses = [d["label"] for d in audit["defenses"]]
     for scenario in (s["label"] for s in audit["scenarios"]):
         cells = {c["id"]: c for c in document["cells"] if c["scenario"] == scenario}
         utility = {u["defense"]: u for u in document["utility"] if u["scenario"] == scenario}
-        lines += ["", f"### {scenario}", "", "| attack \\ defense | " + " | ".join(defenses) + " |",
+        lines += ["", f"### {_md(scenario)}", "", "| attack \\ defense | " + " | ".join(map(_md, defenses)) + " |",
                   "|---" * (len(defenses) + 1) + "|"]
         for attack in audit["attacks"]:
             found = (cells.get(f"{scenario}/{d}/{attack['label']}") for d in defenses)
             row = [_cell(c) if c else "–" for c in found]
-            lines.append(f"| {attack['label']} | " + " | ".join(row) + " |")
+            lines.append(f"| {_md(attack['label'])} | " + " | ".join(row) + " |")
         lines.append("| *test accuracy* | " + " | ".join(_accuracy(utility.get(d)) for d in defenses) + " |")
     if not audit["attacks"]:
         lines += ["", "No attack is registered yet: the audit measured utility only."]

@@ -67,6 +67,12 @@ class AuditOptions:
     dp_audit_confidence: float = bounded(0.95, min=0.5, max=1.0, exclusive_min=True,
                                          doc="confidence of the audit's epsilon lower bound")
     dp_audit_client: int = bounded(0, min=0, doc="the client whose training holds the canaries")
+    job_timeout_s: float | None = bounded(None, min=0.0, exclusive_min=True,
+                                          doc="seconds a job may run (its simulation included) before it is "
+                                          "stopped and recorded as an error; default: no limit")
+    max_memory_gb: float | None = bounded(None, min=0.0, exclusive_min=True,
+                                          doc="resident memory a job may use before it is stopped and recorded "
+                                          "as an error; default: 75% of this machine's RAM shared by the jobs at once")
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,7 @@ class AttackSpec:
     label: str
     component: ComponentSpec
     attacked_round: int | None = None  # overrides AuditOptions.attacked_round
+    timeout_s: float | None = None  # overrides AuditOptions.job_timeout_s
 
 
 @dataclass(frozen=True)
@@ -167,10 +174,15 @@ def _seeds(value: Any, key: str) -> tuple[int, ...]:
     return tuple(value)
 
 
+MAX_LABEL = 100
+
+
 def _label(table: Mapping[str, Any], key: str, default: str) -> str:
     label = table.get("label", default)
-    if not isinstance(label, str) or not label.strip() or "/" in label:
-        raise ConfigError(f"{key}.label: expected a non-empty string without '/', got {label!r}")
+    if not isinstance(label, str) or not label.strip() or "/" in label or not label.isprintable():
+        raise ConfigError(f"{key}.label: expected a non-empty printable string without '/', got {str(label)[:60]!r}")
+    if len(label) > MAX_LABEL:
+        raise ConfigError(f"{key}.label: at most {MAX_LABEL} characters, got {len(label)}")
     return label
 
 
@@ -258,6 +270,13 @@ def _defense_specs(document: Mapping[str, Any]) -> tuple[DefenseSpec, ...]:
     return tuple(specs)
 
 
+@dataclass(frozen=True)
+class _AttackTimeout:
+    """``[[attack]] timeout_s``: checked like every other number."""
+
+    timeout_s: float = bounded(1.0, min=0.0, exclusive_min=True)
+
+
 def _attack_specs(document: Mapping[str, Any]) -> tuple[AttackSpec, ...]:
     specs = []
     for i, table in enumerate(_tables(document, "attack")):
@@ -268,10 +287,13 @@ def _attack_specs(document: Mapping[str, Any]) -> tuple[AttackSpec, ...]:
         attacked_round = table.get("attacked_round")
         if attacked_round is not None and (isinstance(attacked_round, bool) or not isinstance(attacked_round, int)):
             raise ConfigError(f"{key}.attacked_round: expected an integer, got {attacked_round!r}")
-        component = _component(table, name, ("name", "label", "attacked_round"))
-        if name == WILDCARD and (component.params or "label" in table):
+        timeout = table.get("timeout_s")
+        if timeout is not None:
+            timeout = from_mapping(_AttackTimeout, {"timeout_s": timeout}, key).timeout_s
+        component = _component(table, name, ("name", "label", "attacked_round", "timeout_s"))
+        if name == WILDCARD and (component.params or "label" in table or timeout is not None):
             raise ConfigError(f"{key}: name = {WILDCARD!r} (every registered attack) takes no parameters")
-        specs.append(AttackSpec(_label(table, key, name), component, attacked_round))
+        specs.append(AttackSpec(_label(table, key, name), component, attacked_round, timeout))
     _unique([s.label for s in specs], "[[attack]]")
     return tuple(specs)
 

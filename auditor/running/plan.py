@@ -22,8 +22,12 @@ from flaudit.auditor.running.threat_views import kind_mismatch
 from flaudit.defenses.base import compose
 from flaudit.core.errors import ConfigError, FlauditError, UnknownNameError
 from flaudit.core.registry import Registry
+from flaudit.core.tables import one_line
 from flaudit.scenarios.kinds import scenario_kind
 from flaudit.scenarios.views import ServerView
+
+SIZE_KEYS = ("image_size", "max_samples", "extra_classes", "clients", "batch_size")  # named when memory runs out
+
 
 @dataclass(frozen=True)
 class DefenseColumn:
@@ -150,7 +154,27 @@ def _preflight(scenario: ScenarioSpec, defenses: tuple[DefenseColumn, ...]) -> d
         hooks = {column.label: compose([c.build() for c in column.components], world) for column in defenses}
     except FlauditError as exc:
         raise type(exc)(f"scenario {scenario.label!r}: {exc}") from None
+    except (MemoryError, RuntimeError) as exc:
+        if not isinstance(exc, MemoryError) and "allocate" not in str(exc):
+            raise
+        sizes = ", ".join(f"{k}={getattr(scenario.config, k)}" for k in SIZE_KEYS if getattr(scenario.config, k))
+        raise ConfigError(
+            f"scenario {scenario.label!r}: its data or model does not fit in memory ({sizes}): {one_line(str(exc), 160)}"
+        ) from None
     return {label: reason for label, column_hooks in hooks.items() if (reason := kind.rejects(column_hooks))}
+
+
+def _check_inputs(row: AttackRow, scenario: ScenarioSpec, identity: str) -> None:
+    """What the attack needs from the scenario (a client it names, auxiliary data), before any job."""
+    missing = row.component.build().missing_input(scenario.config)
+    if missing:
+        raise ConfigError(f"cell {identity}: {missing}")
+
+
+def _check_attacker(config: AuditConfig, scenario: ScenarioSpec) -> None:
+    chosen, clients = config.options.attacker_client, scenario.config.clients
+    if chosen is not None and chosen >= clients:
+        raise ConfigError(f"audit.attacker_client={chosen}, but scenario {scenario.label!r} has {clients} clients (0..{clients - 1})")
 
 
 def _not_applicable(row: AttackRow, scenario: ScenarioSpec, column: DefenseColumn, attacked_round: int) -> str | None:
@@ -193,6 +217,9 @@ def build_plan(config: AuditConfig, catalog: Catalog, preflight: bool = True) ->
     threads = options.threads
     utility_jobs, cells, rejected, audit_jobs = [], [], {}, []
     for scenario in config.scenarios:
+        _check_attacker(config, scenario)
+        for row in rows:
+            _check_inputs(row, scenario, cell_id(scenario.label, "*", row.label))
         rejects = _preflight(scenario, columns) if preflight else {}
         rejected.update({(scenario.label, label): reason for label, reason in rejects.items()})
         audit_jobs += _audit_jobs(config, scenario, columns, rejects, threads)

@@ -19,7 +19,8 @@ from flaudit.auditor.running.plan import AuditPlan, build_plan
 from flaudit.auditor.running.progress import Progress
 from flaudit.auditor.results.scorecard import build
 from flaudit.auditor.running import provenance
-from flaudit.auditor.running.store import ARTIFACTS, CELLS, ResultStore, atomic_write
+from flaudit.auditor.running.folder import RunFolder, check_out
+from flaudit.auditor.running.store import ARTIFACTS, CELLS, ResultStore, atomic_write, read_finished
 
 
 @dataclass(frozen=True)
@@ -55,14 +56,21 @@ def run_audit(config: AuditConfig, options: RunOptions, catalog: Catalog | None 
     """Checks everything first (config, names, data, executor), then runs the jobs that are not
     already finished in ``options.out`` (with ``resume``), then writes the outputs."""
     check_executor(options.executor, options.address, options.workers)
+    check_out(options.out)
     plan = build_plan(config, catalog or catalogs.registered())
     executor = make_executor(
         options.executor, ExecutorOptions(options.workers, options.address, plan.threads)
     )
-    store = ResultStore(options.out, options.resume)
-    started, began = now(), time.perf_counter()
     wanted = {job.key for job in plan.jobs}
-    results = {k: r for k, r in store.finished().items() if k in wanted} if options.resume else {}
+    results = {k: r for k, r in read_finished(options.out).items() if k in wanted} if options.resume else {}
+    started = now()
+    with RunFolder(options.out, config.config_hash, started) as folder:
+        return _run(plan, config, options, executor, results, folder)
+
+
+def _run(plan: AuditPlan, config: AuditConfig, options: RunOptions, executor, results: dict, folder: RunFolder) -> AuditRun:
+    store = ResultStore(options.out, options.resume)
+    started, began = folder.started, time.perf_counter()
     resumed = len(results)
     units = plan_units([job for job in plan.jobs if job.key not in results])
     with Progress(len(plan.jobs), resumed, options.progress) as progress:
@@ -85,4 +93,5 @@ def run_audit(config: AuditConfig, options: RunOptions, catalog: Catalog | None 
     )
     document = build(plan, results, facts)
     write_all(document, options.out)
+    folder.finish(facts["finished"])
     return AuditRun(plan, document, resumed)

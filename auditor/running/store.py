@@ -3,8 +3,9 @@ jobs that were running and never leaves a half-written file.
 
 ``DIR/cells/<job key>.json`` holds each finished job (its description and result) and
 ``DIR/artifacts/`` its reconstruction grid; ``--resume`` reuses the finished ones whose key
-(a digest of everything that determines the result) still matches the plan. Jobs that failed
-are run again.
+(a digest of everything that determines the result) still matches the plan. Jobs that failed,
+and stored records that are not whole, are run again. A record naming an artifact outside the
+run folder is refused. Only files of flaudit's own names are ever deleted.
 """
 
 from __future__ import annotations
@@ -14,13 +15,20 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
+from flaudit.auditor.results.artifact_paths import ARTIFACTS, check_relative
 from flaudit.auditor.running.jobs import Job
-from flaudit.core.jsonable import to_json
+from flaudit.core.jsonable import digest, to_json
 
 CELLS = "cells"
-ARTIFACTS = "artifacts"
+JOB_FILE = re.compile(r"(utility|attack)-[0-9a-f]{16}\.json")  # a stored job: <job key>.json
+GRID_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*-[0-9a-f]{8}-seed[0-9]+\.png")  # artifact_name()
+SLUG_CHARS = 80
+RESULT_KEYS = {  # what a stored ok result must hold to be reused
+    "utility": ("test_accuracy", "test_accuracy_by_round", "defense_figures"),
+    "attack": ("metrics", "attacked_round", "target_clients", "diagnostics", "test_accuracy_at_attack"),
+}
 
 
 def atomic_write(path: Path, data: str | bytes) -> None:
@@ -40,7 +48,47 @@ def atomic_write(path: Path, data: str | bytes) -> None:
 
 
 def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text.replace("/", "__")).strip("_")
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text.replace("/", "__")).strip("_.-")
+
+
+def artifact_name(cell_id: str, seed: int) -> str:
+    """A file name per (cell, seed): a readable, bounded slug plus a digest of the exact id, so
+    labels that slug alike ("a b", "a_b") never share a file."""
+    return f"{slug(cell_id)[:SLUG_CHARS] or 'cell'}-{digest(cell_id, 8)}-seed{seed}.png"
+
+
+def _whole(record: Any) -> bool:
+    """A stored record that can be reused: its own key, status ok, every field the scorecard reads."""
+    if not isinstance(record, Mapping) or not isinstance(record.get("key"), str):
+        return False
+    result = record.get("result")
+    kind = record["key"].split("-", 1)[0]
+    return (
+        isinstance(result, Mapping) and result.get("status") == "ok" and kind in RESULT_KEYS
+        and all(k in result for k in RESULT_KEYS[kind])
+        and (kind == "utility" or isinstance(result["metrics"], Mapping))
+    )
+
+
+def read_finished(out: Path) -> dict[str, dict[str, Any]]:
+    """Stored results with status ok, by job key; unreadable or partial records are ignored
+    (their jobs run again); one naming an artifact outside the folder is refused."""
+    done = {}
+    for path in (out / CELLS).glob("*.json") if (out / CELLS).is_dir() else ():
+        if not JOB_FILE.fullmatch(path.name):
+            continue
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError, RecursionError):
+            continue
+        if not _whole(record) or path.stem != record["key"]:
+            continue
+        artifact = record["result"].get("artifact")
+        if artifact is not None:
+            cell = (record.get("job") or {}).get("cell_id", "?") if isinstance(record.get("job"), Mapping) else "?"
+            check_relative(artifact, f"stored job {path} (cell {cell!r})")
+        done[record["key"]] = record["result"]
+    return done
 
 
 class ResultStore:
@@ -53,28 +101,18 @@ class ResultStore:
         self.cells.mkdir(parents=True, exist_ok=True)
 
     def _clear(self) -> None:
-        for folder, pattern in ((self.cells, "*.json"), (self.artifacts, "*.png")):
-            for path in folder.glob(pattern) if folder.is_dir() else ():
-                path.unlink()
-
-    def finished(self) -> dict[str, dict[str, Any]]:
-        """Stored results with status ok, by job key; unreadable files are ignored (re-run)."""
-        done = {}
-        for path in self.cells.glob("*.json"):
-            try:
-                record = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
-                continue
-            if record.get("result", {}).get("status") == "ok" and path.stem == record.get("key"):
-                done[record["key"]] = record["result"]
-        return done
+        """Deletes the stored jobs and grids of earlier runs: only files of our own names."""
+        for folder, pattern in ((self.cells, JOB_FILE), (self.artifacts, GRID_FILE)):
+            for path in folder.iterdir() if folder.is_dir() else ():
+                if pattern.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+                    path.unlink()
 
     def save(self, job: Job, result: dict[str, Any]) -> dict[str, Any]:
         """Persists one job's result (grid first, so a stored result's artifact exists)."""
         result = dict(result)
         png = result.pop("grid_png", None)
         if png is not None:
-            name = f"{slug(job.cell_id)}-seed{job.scenario.seed}.png"
+            name = artifact_name(job.cell_id, job.scenario.seed)
             atomic_write(self.artifacts / name, png)
             result["artifact"] = f"{ARTIFACTS}/{name}"
         result = to_json(result)
