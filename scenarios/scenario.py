@@ -49,7 +49,7 @@ class ScenarioConfig:
     momentum: float = bounded(0.9, min=0.0, max=1.0)
     weight_decay: float = bounded(0.0, min=0.0, max=100.0)
     partition: str = "dirichlet"
-    alpha: float | None = bounded(None, min=0.0, exclusive_min=True)
+    alpha: float | None = bounded(None, min=0.0, max=1e6, exclusive_min=True)
     shards_per_client: int | None = bounded(None, min=1)
     client_test_fraction: float = bounded(0.0, min=0.0, max=0.9)
     auxiliary_samples: int = bounded(0, min=0)

@@ -145,7 +145,7 @@ def test_runner_installs_the_adversarial_client():
         attacked_round=1, attacker_client=None, psnr_threshold=20.0, margin_db=1.0, grid_images=4, threads=1,
     )
     assert job.shapes_model
-    [result] = Unit(job.scenario, (), 1, None, (job,)).run()
+    [(_, result)] = Unit(job.scenario, (), 1, None, (job,)).stream(lambda index: None)
     assert result["status"] == "ok", result.get("error")
     assert result["target_clients"] == [1, 2, 3]
     assert result["metrics"]["n_reconstructed"] == 8 and result["diagnostics"]["generator_rounds"] == 3.0

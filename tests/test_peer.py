@@ -145,7 +145,7 @@ def test_runner_scores_the_peers():
         attacked_round=0, attacker_client=None, psnr_threshold=20.0, margin_db=1.0, grid_images=4, threads=1,
     )
     assert not job.shapes_model
-    [result] = Unit(scenario, (), 1, None, (job,)).run()
+    [(_, result)] = Unit(scenario, (), 1, None, (job,)).stream(lambda index: None)
     assert result["status"] == "ok", result.get("error")
     assert result["target_clients"] == [1, 2, 3]
     assert result["metrics"]["n_targets"] == 12 and result["metrics"]["label_accuracy"] == 1.0

@@ -1,26 +1,26 @@
-"""Where an audit's units run: ``local`` (this process), ``process`` (a pool on this machine)
-or ``ray`` (a Ray cluster, started locally or joined with ``--address``).
+"""Where an audit's units run: ``local`` (one at a time), ``process`` (several at once on this
+machine) or ``ray`` (a Ray cluster, started locally or joined with ``--address``).
 
 Every executor runs the same ``flaudit.auditor.running.jobs.execute`` on the same units, and each unit fixes
-its own thread count and seeds, so results do not depend on the executor. ``run`` yields
-``(unit, results)`` as units finish; an executor-level failure (a worker that died, a lost
-node) becomes an error result for the jobs of that unit, and the audit goes on.
+its own thread count and seeds, so results do not depend on the executor. Every unit runs in a
+watched child process (``supervisor``): a job past its time limit or its memory bound, or whose
+worker died, fails alone and the audit goes on. ``run`` yields ``(job, result)`` as each job
+finishes, so the runner saves it at once.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import sys
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Protocol
 
-from flaudit.auditor.running.jobs import Unit, error_result, execute
+from flaudit.auditor.running.jobs import Job, Unit, error_result
+from flaudit.auditor.running.supervisor import Supervisor, memory_bound
 from flaudit.core.errors import ConfigError, FlauditError
 from flaudit.core.registry import Registry
 
-Outcome = tuple[Unit, list[dict]]
+Outcome = tuple[Job, dict]
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class ExecutorOptions:
     workers: int | None = None  # units at once; default: CPUs // threads per unit
     address: str | None = None  # ray: the cluster to join ("auto", "ray://host:10001", ...)
     threads: int = 1  # torch threads of each unit (for sizing the pool)
+    max_memory_gb: float | None = None  # per job; default: supervisor.memory_bound's share of the RAM
 
 
 class Executor(Protocol):
@@ -49,45 +50,38 @@ def check_executor(name: str, address: str | None, workers: int | None) -> None:
         raise ConfigError(f"--address joins a Ray cluster; it needs --executor ray (got --executor {name})")
 
 
-def _failed(unit: Unit, exc: BaseException) -> Outcome:
-    return unit, [{**error_result(exc), "seconds": 0.0} for _ in unit.jobs]
-
-
 def _default_workers(options: ExecutorOptions) -> int:
     return options.workers or max(1, (os.cpu_count() or 1) // options.threads)
 
 
-@EXECUTORS.register("local", "one unit after another in this process")
+def supervised(workers: int, options: ExecutorOptions) -> Supervisor:
+    return Supervisor(workers, memory_bound(options.max_memory_gb, workers))
+
+
+@EXECUTORS.register("local", "one unit after another, each in a watched child process")
 @dataclass
 class LocalExecutor:
     options: ExecutorOptions
 
     def run(self, units: Iterable[Unit]) -> Iterator[Outcome]:
-        for unit in units:
-            yield unit, execute(unit)
+        return supervised(1, self.options).run(units)
 
 
-@EXECUTORS.register("process", "a pool of worker processes on this machine (spawned, so CUDA-safe)")
+@EXECUTORS.register("process", "several watched worker processes at once on this machine (CUDA-safe)")
 @dataclass
 class ProcessExecutor:
     options: ExecutorOptions
 
     def run(self, units: Iterable[Unit]) -> Iterator[Outcome]:
         units = list(units)
-        if not units:
-            return
-        workers = min(_default_workers(self.options), len(units))
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            pending = {pool.submit(execute, unit): unit for unit in units}
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    unit = pending.pop(future)
-                    try:
-                        yield unit, future.result()
-                    except Exception as exc:  # noqa: BLE001 - e.g. a worker killed by the OS
-                        yield _failed(unit, exc)
+        workers = min(_default_workers(self.options), max(1, len(units)))
+        return supervised(workers, self.options).run(units)
+
+
+def _unit_on_ray_worker(unit: Unit, max_memory_gb: float | None) -> list[tuple[int, dict]]:
+    """A Ray task: the unit in a watched child of the Ray worker; (index, result) per job."""
+    watched = supervised(1, ExecutorOptions(max_memory_gb=max_memory_gb))
+    return [(unit.jobs.index(job), result) for job, result in watched.run([unit])]
 
 
 def _import_ray():
@@ -129,16 +123,18 @@ class RayExecutor:
             return
         ray, started = self._start()
         try:
-            remote = ray.remote(num_cpus=self.options.threads)(execute)
-            pending = {remote.remote(unit): unit for unit in units}
+            remote = ray.remote(num_cpus=self.options.threads)(_unit_on_ray_worker)
+            pending = {remote.remote(unit, self.options.max_memory_gb): unit for unit in units}
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 for ref in done:
                     unit = pending.pop(ref)
                     try:
-                        yield unit, ray.get(ref)
+                        for index, result in ray.get(ref):
+                            yield unit.jobs[index], result
                     except Exception as exc:  # noqa: BLE001 - a worker or node lost
-                        yield _failed(unit, exc)
+                        for job in unit.jobs:
+                            yield job, {**error_result(exc), "seconds": 0.0}
         finally:
             if started:
                 ray.shutdown()

@@ -28,7 +28,7 @@ import random
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar, Iterator
 
 import numpy as np
 import torch
@@ -50,6 +50,7 @@ TRACEBACK_CHARS = 2000
 SEED_STREAM = 7  # derive_seed(scenario seed, SEED_STREAM, step) seeds the global RNGs
 SIMULATION_STEP, ATTACK_STEP, NULL_STEP = 0, 1, 2
 REFERENCE_POOL = 2000  # most non-member (test split) images a match must beat
+SIMULATION = -1  # Unit.stream's started() index while the unit simulates (before any job runs)
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class UtilityJob:
     scenario: ScenarioConfig
     defenses: tuple[Component, ...]
     threads: int
+    timeout_s: float | None = None  # a limit, not part of the result: not in the key
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -101,6 +103,7 @@ class AttackJob:
     margin_db: float
     grid_images: int
     threads: int
+    timeout_s: float | None = None  # a limit, not part of the result: not in the key
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -220,7 +223,18 @@ class Unit:
     def jobs(self) -> tuple[Job, ...]:
         return ((self.utility,) if self.utility else ()) + self.attacks
 
-    def run(self) -> list[dict[str, Any]]:
+    def without(self, finished: set[int]) -> "Unit | None":
+        """The unit of the jobs not in ``finished`` (indices into ``jobs``); None when none is left."""
+        left = [job for i, job in enumerate(self.jobs) if i not in finished]
+        if not left:
+            return None
+        utility = self.utility if self.utility in left else None
+        return Unit(self.scenario, self.defenses, self.threads, utility, tuple(j for j in left if j is not utility))
+
+    def stream(self, started: Callable[[int], None]) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Runs the simulation (after ``started(SIMULATION)``), then each job (after
+        ``started(index)``), yielding ``(index into jobs, result)`` as each finishes."""
+        started(SIMULATION)
         kind = scenario_kind(self.scenario.kind)
         world = kind.build_world(self.scenario)
         defenses = [d.build() for d in self.defenses]
@@ -248,13 +262,14 @@ class Unit:
             if round_index in wanted:
                 records[round_index] = record
         timing = {"prepare_seconds": prepare_seconds, "simulation_seconds": time.perf_counter() - began}
-        results = []
         if self.utility:
             figures = {d.name: to_json(d.figures()) for d in defenses}
-            results.append({"status": "ok", "test_accuracy": accuracies[-1], "test_accuracy_by_round": accuracies,
-                            "defense_figures": figures, "seconds": timing["simulation_seconds"]})
+            yield 0, {"status": "ok", "test_accuracy": accuracies[-1], "test_accuracy_by_round": accuracies,
+                      "defense_figures": figures, "seconds": timing["simulation_seconds"]}
+        offset = 1 if self.utility else 0
         last = {job.attacked_round: i for i, job in enumerate(self.attacks)}
         for i, (job, attack) in enumerate(zip(self.attacks, attacks)):
+            started(offset + i)
             began = time.perf_counter()
             try:
                 private_copy = i != last[job.attacked_round]
@@ -262,8 +277,7 @@ class Unit:
                 result["timing"] = {**timing, "null_seconds": result.pop("null_seconds")}
             except Exception as exc:  # noqa: BLE001 - one failing attack must not take the others down
                 result = error_result(exc, plugin_origin(attack))
-            results.append({**result, "seconds": time.perf_counter() - began})
-        return results
+            yield offset + i, {**result, "seconds": time.perf_counter() - began}
 
 
 DIVERGED = "the crafted model diverged: clients would notice"
@@ -318,23 +332,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def execute(unit: Unit) -> list[dict[str, Any]]:
-    """Runs ``unit`` with its thread count and seeded RNGs; one result per job, in order. A
-    failed simulation fails every job of the unit."""
+def execute(unit: Unit, started: Callable[[int], None] = lambda index: None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Runs ``unit`` with its thread count and seeded RNGs, yielding ``(index, result)`` per job
+    as each finishes; never raises: a failed simulation fails every job not yet finished."""
     threads = torch.get_num_threads()
     torch.set_num_threads(unit.threads)
     seed_everything(derive_seed(unit.scenario.seed, SEED_STREAM, SIMULATION_STEP))
-    began = time.perf_counter()
+    began, finished = time.perf_counter(), 0
     try:
-        results = unit.run()
+        for index, result in unit.stream(started):
+            finished = index + 1
+            yield index, {"seconds": time.perf_counter() - began, **result}
     except Exception as exc:  # noqa: BLE001 - a failing unit is recorded and the audit goes on
         plugins = [origin for d in unit.defenses if (origin := plugin_origin(d.cls))]
         origin = f"the simulation under {', '.join(plugins)}" if plugins else None
-        results = [error_result(exc, origin) for _ in unit.jobs]
+        for index in range(finished, len(unit.jobs)):
+            yield index, {"seconds": time.perf_counter() - began, **error_result(exc, origin)}
     finally:
         torch.set_num_threads(threads)
-    seconds = time.perf_counter() - began
-    return [{"seconds": seconds, **result} for result in results]
 
 
 def plugin_origin(component: Any) -> str | None:

@@ -43,6 +43,7 @@ class AttackRow:
     label: str
     component: Component
     attacked_round: int | None
+    timeout_s: float | None = None
 
     @property
     def threat_model(self) -> ThreatModel:
@@ -210,7 +211,7 @@ def build_plan(config: AuditConfig, catalog: Catalog, preflight: bool = True) ->
         for s in _expand_defenses(config.defenses, catalog.defenses)
     )
     rows = tuple(
-        AttackRow(s.label, _resolve(s.component, catalog.attacks, config, config.overlay.attack), s.attacked_round)
+        AttackRow(s.label, _resolve(s.component, catalog.attacks, config, config.overlay.attack), s.attacked_round, s.timeout_s)
         for s in _expand_attacks(config.attacks, catalog.attacks)
     )
     options = config.options
@@ -224,7 +225,8 @@ def build_plan(config: AuditConfig, catalog: Catalog, preflight: bool = True) ->
         rejected.update({(scenario.label, label): reason for label, reason in rejects.items()})
         audit_jobs += _audit_jobs(config, scenario, columns, rejects, threads)
         utility_jobs += [
-            UtilityJob(scenario.label, column.label, scenario.config.replace(seed=seed), column.components, threads)
+            UtilityJob(scenario.label, column.label, scenario.config.replace(seed=seed), column.components, threads,
+                       options.job_timeout_s)
             for column in columns if column.label not in rejects
             for seed in scenario.seeds
         ]
@@ -238,6 +240,7 @@ def build_plan(config: AuditConfig, catalog: Catalog, preflight: bool = True) ->
                         identity, scenario.config.replace(seed=seed), column.components, row.component,
                         attacked_round, options.attacker_client, options.psnr_threshold, options.identifiable_margin_db,
                         options.grid_images, threads,
+                        row.timeout_s or options.job_timeout_s,
                     )
                     for seed in scenario.seeds
                 )

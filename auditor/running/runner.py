@@ -1,5 +1,6 @@
-"""Runs an audit: plan the matrix, group its jobs into units, run them on an executor with a
-progress bar, persist each job's result as it arrives, then write the scorecard and reports."""
+"""Runs an audit: check the config and the run folder, plan the matrix, group its jobs into
+units, run them on an executor with a progress bar, persist each job's result as it arrives,
+then write the scorecard and reports and mark the folder finished."""
 
 from __future__ import annotations
 
@@ -59,7 +60,8 @@ def run_audit(config: AuditConfig, options: RunOptions, catalog: Catalog | None 
     check_out(options.out)
     plan = build_plan(config, catalog or catalogs.registered())
     executor = make_executor(
-        options.executor, ExecutorOptions(options.workers, options.address, plan.threads)
+        options.executor,
+        ExecutorOptions(options.workers, options.address, plan.threads, config.options.max_memory_gb),
     )
     wanted = {job.key for job in plan.jobs}
     results = {k: r for k, r in read_finished(options.out).items() if k in wanted} if options.resume else {}
@@ -74,10 +76,9 @@ def _run(plan: AuditPlan, config: AuditConfig, options: RunOptions, executor, re
     resumed = len(results)
     units = plan_units([job for job in plan.jobs if job.key not in results])
     with Progress(len(plan.jobs), resumed, options.progress) as progress:
-        for unit, unit_results in executor.run(units):
-            for job, result in zip(unit.jobs, unit_results, strict=True):
-                results[job.key] = store.save(job, result)
-                progress.finished(job, result)
+        for job, result in executor.run(units):
+            results[job.key] = store.save(job, result)
+            progress.finished(job, result)
     facts = manifest(
         config_hash=config.config_hash,
         seeds=list(config.seeds),
