@@ -62,6 +62,8 @@ class Component:
     params: Any
 
     def build(self) -> Any:
+        if self.cls.name != self.name:  # a worker that imported a plugin class afresh never registered it
+            self.cls.name = self.name
         return self.cls(self.params)
 
     def describe(self) -> dict[str, Any]:

@@ -81,10 +81,13 @@ def _child(conn, unit: Unit, parent: int) -> None:
 
 def _preload(units: Iterable[Unit]) -> None:
     """Modules the forkserver imports once (before its first fork), so each child starts warm:
-    the job machinery and the modules of the units' attack and defense classes."""
+    the job machinery and flaudit's modules of the units' attacks and defenses. Plugins are
+    imported by each child instead: the server lives as long as this process, and a plugin
+    edited meanwhile must not run stale."""
     modules = {"flaudit.auditor.running.jobs"}
     for unit in units:
         modules.update(c.cls.__module__ for job in unit.jobs for c in (*job.defenses, getattr(job, "attack", None)) if c)
+    modules = {m for m in modules if m.split(".")[0] == "flaudit"}
     multiprocessing.get_context("forkserver").set_forkserver_preload(sorted(modules))
 
 
