@@ -158,3 +158,4 @@ def test_workers_die_with_the_parent(tmp_path):
             pytest.fail("the worker outlived its parent by 10 s")
     finally:
         parent.kill()
+

@@ -8,7 +8,8 @@ error saying what happened, with its elapsed time; the unit's jobs that had not 
 fresh child. When the simulation a unit's jobs share is what ran out of time or memory, every
 job it serves fails (each would run it again). Children come from a forkserver (cheap forks of a
 clean process, CUDA-safe) and die with the parent: the kernel kills them when the forkserver
-goes (``PR_SET_PDEATHSIG``), and a watchdog thread when the parent's pid is gone.
+goes (``PR_SET_PDEATHSIG``), and a watchdog thread when the parent's pid is gone. A forkserver
+that died is started again for the next unit.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ POLL_S = 0.2  # how often time and memory are checked
 RAM_SHARE = 0.75  # default memory bound: this share of the machine's RAM, split over the jobs at once
 GB = 1024**3
 PR_SET_PDEATHSIG = 1
+START_ATTEMPTS = 3
 
 
 def machine_ram() -> int | None:
@@ -125,7 +127,14 @@ class Supervisor:
         context = multiprocessing.get_context("forkserver")
         receive, send = context.Pipe(duplex=False)
         process = context.Process(target=_child, args=(send, unit, os.getpid()), daemon=True, name="flaudit-job")
-        process.start()
+        for attempt in range(START_ATTEMPTS):
+            try:
+                process.start()
+                break
+            except (EOFError, OSError):  # the forkserver died (killed): the next start launches a new one
+                if attempt == START_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.5)
         send.close()
         return _Slot(unit, process, receive)
 
