@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
 
 from flaudit.auditor.privacy_audit.bound import best_bound, guesses
 from flaudit.auditor.privacy_audit.canaries import CanarySet, CanaryScores, CanaryTraining
@@ -90,6 +90,14 @@ class PrivacyAuditUnit:
     @property
     def jobs(self) -> tuple[PrivacyAuditJob, ...]:
         return (self.job,)
+
+    def stream(self, started: Callable[[int], None]) -> Iterator[tuple[int, dict[str, Any]]]:
+        """The ``Unit.stream`` interface the supervised executors run: one job, one result."""
+        started(0)
+        yield from enumerate(self.run())
+
+    def without(self, finished: set[int]) -> "PrivacyAuditUnit | None":
+        return None if 0 in finished else self
 
     def run(self) -> list[dict[str, Any]]:
         job, settings, config = self.job, self.job.settings, self.job.scenario

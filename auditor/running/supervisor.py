@@ -113,7 +113,7 @@ class _Slot:
         """The time limit of what runs now (the simulation counts against the first job left)."""
         pending = [i for i in range(len(self.unit.jobs)) if i not in self.finished]
         index = self.current if self.current != SIMULATION else (pending[0] if pending else 0)
-        return self.unit.jobs[index].timeout_s
+        return getattr(self.unit.jobs[index], "timeout_s", None)
 
 
 @dataclass
