@@ -58,8 +58,8 @@ def test_impossible_scenario_values(tmp_path, capsys, line, needle):
 
 BAD_TABLES = [
     ('[[defense]]\nname = "toy_noise"\nlabel = "n2"\nstd = nan\n', "std: must be a finite number"),
-    ("[gate]\nrecovery_rate = nan\n", "gate.recovery_rate: must be a finite number"),
-    ("[gate]\npsnr_mean = -1.0\n", "gate.psnr_mean: must be >= 0.0"),
+    ("[gate]\nleakage = nan\n", "gate.leakage: must be a finite number"),
+    ("[gate]\nlabel_leakage = -1.0\n", "gate.label_leakage: must be >= 0.0"),
     ('[[attack]]\nname = "linear_leakage"\nlabel = "x"\ntimeout_s = nan\n', "timeout_s: must be a finite number"),
     ('[[attack]]\nname = "linear_leakage"\nlabel = "' + "x" * 260 + '"\n', "label: at most 100 characters, got 260"),
     ('[[attack]]\nname = "linear_leakage"\nlabel = "a\\u0000b"\n', "label: expected a non-empty printable string"),
@@ -172,8 +172,8 @@ def test_gate_rejects_nan_metrics_and_tolerances_and_a_junit_folder(finished, tm
     candidate = tmp_path / "nan.json"
     candidate.write_text(json.dumps(card))  # json writes NaN
     _refused(capsys, ["gate", str(finished), str(candidate)], None, "NaN is not a JSON number")
-    (tmp_path / "gate.toml").write_text("[gate]\nssim_mean = nan\n")
-    _refused(capsys, ["gate", str(finished), str(finished), "--config", str(tmp_path / "gate.toml")], None, "gate.ssim_mean")
+    (tmp_path / "gate.toml").write_text("[gate]\nleakage = nan\n")
+    _refused(capsys, ["gate", str(finished), str(finished), "--config", str(tmp_path / "gate.toml")], None, "gate.leakage")
     _refused(capsys, ["gate", str(finished), str(finished), "--junit", str(tmp_path)], None, "is a folder")
 
 

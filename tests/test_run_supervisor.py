@@ -38,6 +38,9 @@ class Stalls(Attack):
     threat_model = ThreatModel.HONEST_SERVER
     Params = StallParams
 
+    def prior_null(self, view, context):
+        return None
+
     def reconstruct(self, view, knowledge):
         if self.params.pidfile:
             Path(self.params.pidfile).write_text(str(os.getpid()))
