@@ -90,7 +90,7 @@ def test_attack_preconditions_are_checked_before_any_job(tmp_path, capsys, monke
     out = tmp_path / "run"
     text = CONFIG.replace("auxiliary_samples = 4", "auxiliary_samples = 0") + '[[attack]]\nname = "needs_aux"\n'
     _refused(capsys, ["run", "--config", _config(tmp_path, text), "--out", str(out)], out,
-             "cell digits-mlp/*/needs_aux: needs_aux needs the attacker's auxiliary data")
+             "cell digits-mlp/none/needs_aux: needs_aux needs the attacker's auxiliary data")
     text = CONFIG.replace("[scenario]", "[audit]\nattacker_client = 4\n\n[scenario]")
     _refused(capsys, ["run", "--config", _config(tmp_path, text), "--out", str(out)], out,
              "audit.attacker_client=4, but scenario 'digits-mlp' has 4 clients (0..3)")

@@ -219,8 +219,6 @@ def build_plan(config: AuditConfig, catalog: Catalog, preflight: bool = True) ->
     utility_jobs, cells, rejected, audit_jobs = [], [], {}, []
     for scenario in config.scenarios:
         _check_attacker(config, scenario)
-        for row in rows:
-            _check_inputs(row, scenario, cell_id(scenario.label, "*", row.label))
         rejects = _preflight(scenario, columns) if preflight else {}
         rejected.update({(scenario.label, label): reason for label, reason in rejects.items()})
         audit_jobs += _audit_jobs(config, scenario, columns, rejects, threads)
@@ -235,6 +233,8 @@ def build_plan(config: AuditConfig, catalog: Catalog, preflight: bool = True) ->
             for column in columns:
                 identity = cell_id(scenario.label, column.label, row.label)
                 reason = rejects.get(column.label) or _not_applicable(row, scenario, column, attacked_round)
+                if reason is None:
+                    _check_inputs(row, scenario, identity)
                 jobs = () if reason else tuple(
                     AttackJob(
                         identity, scenario.config.replace(seed=seed), column.components, row.component,
