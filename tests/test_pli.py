@@ -99,6 +99,7 @@ label = "fedavg"
 model = "fedmd_cnn"
 clients = 2
 rounds = 1
+auxiliary_samples = 50  # rtf's calibration data (checked before any job)
 """
 
 
