@@ -259,7 +259,9 @@ class Unit:
             except InvalidUpdateError as exc:
                 if not any(job.shapes_model for job in self.attacks):
                     raise
-                return [diverged_result(job, world, round_index, exc) for job in self.attacks]  # a shaping unit has one job
+                for i, job in enumerate(self.attacks):  # a shaping unit has one job, and no utility job
+                    yield i, diverged_result(job, world, round_index, exc)
+                return
             accuracies.append(record.test_accuracy)
             if round_index in wanted:
                 records[round_index] = record
