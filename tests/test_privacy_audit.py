@@ -15,8 +15,11 @@ from flaudit.auditor.privacy_audit.bound import Guesses, best_bound, epsilon_low
 from flaudit.auditor.privacy_audit.job import AuditSettings, PrivacyAuditJob
 from flaudit.auditor.results import gate, report
 from flaudit.auditor.running.config import audit_from_document
+from flaudit.auditor.running.estimate import Calibration, plan_text
 from flaudit.auditor.running.jobs import Component, execute
+from flaudit.auditor.running.plan import build_plan
 from flaudit.auditor.running.runner import RunOptions, run_audit
+from flaudit.auditor.running.store import read_finished
 from flaudit.defenses.dp import DPSGD, DPParams, OpacusTraining
 from flaudit.scenarios.scenario import ScenarioConfig
 
@@ -164,6 +167,10 @@ seeds = [0]
     assert "dp_violation" in report.render(card, tmp_path)
     result = gate.compare(card, card, gate.tolerances_of(card))  # no leakage growth, still fails
     assert [(f.cell_id, f.metric) for f in result.findings] == [("digits-cnn/broken_dp/labels", "dp_violation")]
+    assert len(read_finished(tmp_path)) == len(list((tmp_path / "cells").glob("*.json")))  # the audit job too: --resume reuses it
+    plan = build_plan(audit_from_document(document, "<test>"), catalog)
+    estimate = plan_text(plan, Calibration.from_run(tmp_path), None, tmp_path)
+    assert "?" not in next(line for line in estimate.splitlines() if line.startswith("dp audit (simulation)"))
 
 
 @pytest.mark.slow

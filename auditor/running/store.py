@@ -22,12 +22,13 @@ from flaudit.auditor.running.jobs import Job
 from flaudit.core.jsonable import digest, to_json
 
 CELLS = "cells"
-JOB_FILE = re.compile(r"(utility|attack)-[0-9a-f]{16}\.json")  # a stored job: <job key>.json
+JOB_FILE = re.compile(r"(utility|attack|privacy_audit)-[0-9a-f]{16}\.json")  # a stored job: <job key>.json
 GRID_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*-[0-9a-f]{8}-seed[0-9]+\.png")  # artifact_name()
 SLUG_CHARS = 80
 RESULT_KEYS = {  # what a stored ok result must hold to be reused
     "utility": ("test_accuracy", "test_accuracy_by_round", "defense_figures"),
     "attack": ("metrics", "attacked_round", "target_clients", "diagnostics", "test_accuracy_at_attack"),
+    "privacy_audit": ("canaries", "guesses", "claims"),
 }
 
 
@@ -66,7 +67,7 @@ def _whole(record: Any) -> bool:
     return (
         isinstance(result, Mapping) and result.get("status") == "ok" and kind in RESULT_KEYS
         and all(k in result for k in RESULT_KEYS[kind])
-        and (kind == "utility" or isinstance(result["metrics"], Mapping))
+        and (kind != "attack" or isinstance(result["metrics"], Mapping))
     )
 
 
