@@ -88,6 +88,9 @@ def as_v1(document: dict) -> dict:
     cutoffs = {"low": 0.0, "medium": 0.05, "high": 0.25}
     old["audit"]["risk_thresholds"] = {"recovery_rate": cutoffs, "label_accuracy": {"low": 0.5, "medium": 0.8, "high": 0.95}}
     old["audit"]["gate"] = {"recovery_rate": 0.02, "psnr_mean": 1.0, "ssim_mean": 0.02, "label_accuracy": 0.05}
+    for scenario in old["audit"]["scenarios"]:  # v1 ran every column and row on every scenario
+        for key in ("defenses", "attacks", "description"):
+            scenario.pop(key, None)
     for cell in old["cells"]:
         del cell["rated"]
         for name in V2_ONLY:

@@ -24,7 +24,7 @@ import jsonschema
 from flaudit.auditor.privacy_audit.claims import figures as audit_figures
 from flaudit.auditor.privacy_audit.claims import privacy_audits, violations
 from flaudit.auditor.results import risk
-from flaudit.auditor.running.config import BASELINE
+from flaudit.auditor.running.config import BASELINE, ScenarioSpec
 from flaudit.core.jsonable import to_json
 from flaudit.auditor.metrics.stats import interval
 from flaudit.core.errors import FlauditError
@@ -163,7 +163,7 @@ def _utility(plan: AuditPlan, results: Mapping[str, Mapping[str, Any]]) -> list[
     for job in plan.utility_jobs:
         by_pair[job.scenario_label, job.defense_label][job.scenario.seed] = results[job.key]
     entries = []
-    for scenario, defense in [(s.label, d.label) for s in plan.config.scenarios for d in plan.defenses]:
+    for scenario, defense in [(s.label, d) for s in plan.config.scenarios for d in plan.matrix(s.label).defenses]:
         runs, baseline, reason = by_pair[scenario, defense], by_pair[scenario, BASELINE], plan.rejected.get((scenario, defense))
         ok = {s: r for s, r in runs.items() if r["status"] == "ok"}
         accuracy = {s: r["test_accuracy"] for s, r in ok.items()}
@@ -298,6 +298,13 @@ def _without_seed(config: Any) -> dict[str, Any]:
     return {k: v for k, v in to_json(config).items() if k != "seed"}
 
 
+def _scenario_entry(spec: ScenarioSpec, plan: AuditPlan) -> dict[str, Any]:
+    matrix = plan.matrix(spec.label)
+    entry = {"label": spec.label, "config": _without_seed(spec.config), "seeds": list(spec.seeds),
+             "defenses": list(matrix.defenses), "attacks": list(matrix.attacks)}
+    return entry if spec.description is None else {**entry, "description": spec.description}
+
+
 def build(plan: AuditPlan, results: Mapping[str, Mapping[str, Any]], manifest: Mapping[str, Any]) -> dict[str, Any]:
     """The scorecard of a finished plan; ``results``: every job's result by job key."""
     config, options = plan.config, plan.config.options
@@ -319,10 +326,7 @@ def build(plan: AuditPlan, results: Mapping[str, Mapping[str, Any]], manifest: M
             "identifiable_margin_db": options.identifiable_margin_db,
             "risk_thresholds": risk.thresholds(),
             "gate": dict(config.gate.items()),
-            "scenarios": [
-                {"label": s.label, "config": _without_seed(s.config), "seeds": list(s.seeds)}
-                for s in config.scenarios
-            ],
+            "scenarios": [_scenario_entry(s, plan) for s in config.scenarios],
             "defenses": [d.describe() for d in plan.defenses],
             "attacks": [a.describe() for a in plan.attacks],
         },

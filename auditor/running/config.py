@@ -93,6 +93,9 @@ class ScenarioSpec:
     label: str
     config: ScenarioConfig  # its ``seed`` is replaced by each of ``seeds``
     seeds: tuple[int, ...]
+    description: str | None = None  # what this federation stands for, in the report's words
+    defenses: tuple[str, ...] | None = None  # the defense columns run on it (None: every column)
+    attacks: tuple[str, ...] | None = None  # the attack rows run on it (None: every row)
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,7 @@ def _seeds(value: Any, key: str) -> tuple[int, ...]:
 
 
 MAX_LABEL = 100
+MAX_DESCRIPTION = 300
 
 
 def _label(table: Mapping[str, Any], key: str, default: str) -> str:
@@ -192,6 +196,29 @@ def _unique(labels: list[str], what: str) -> None:
         if label in seen:
             raise ConfigError(f"two {what} entries are labelled {label!r}; give one a different `label`")
         seen.add(label)
+
+
+def _description(table: dict[str, Any], key: str) -> str | None:
+    text = table.pop("description", None)
+    if text is None:
+        return None
+    if not isinstance(text, str) or not text.strip() or not text.isprintable() or len(text) > MAX_DESCRIPTION:
+        raise ConfigError(f"{key}.description: expected printable text of at most {MAX_DESCRIPTION} characters, "
+                          f"got {str(text)[:60]!r}")
+    return text.strip()
+
+
+def _selection(table: dict[str, Any], key: str, what: str) -> tuple[str, ...] | None:
+    """``defenses = [...]`` / ``attacks = [...]``: the labels of the columns or rows this
+    scenario runs (checked against the expanded labels when the plan is built)."""
+    chosen = table.pop(what, None)
+    if chosen is None:
+        return None
+    if not isinstance(chosen, list) or not chosen or not all(isinstance(c, str) for c in chosen):
+        raise ConfigError(f"{key}.{what}: expected a non-empty list of {what[:-1]} labels, got {str(chosen)[:80]!r}")
+    if len(set(chosen)) != len(chosen):
+        raise ConfigError(f"{key}.{what}: {chosen} lists a label twice")
+    return tuple(chosen)
 
 
 def _in_profile(table: dict[str, Any], key: str, profile: str | None) -> bool:
@@ -221,8 +248,10 @@ def _scenario_specs(document: Mapping[str, Any], overlay: ProfileOverlay, profil
         label_default = f"{table.get('dataset', ScenarioConfig.dataset)}-{table.get('model', ScenarioConfig.model)}"
         label = _label(table, key, label_default)
         table.pop("label", None)
+        description = _description(table, key)
+        defenses, attacks = _selection(table, key, "defenses"), _selection(table, key, "attacks")
         config = from_mapping(ScenarioConfig, table, key)
-        specs.append(ScenarioSpec(label, config, seeds))
+        specs.append(ScenarioSpec(label, config, seeds, description, defenses, attacks))
     if not specs:
         raise ConfigError(f"no [[scenario]] is part of profile {profile!r} (see each scenario's `profiles`)")
     _unique([s.label for s in specs], "[[scenario]]")

@@ -17,17 +17,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
 
+from flaudit.auditor.privacy_audit.job import PrivacyAuditJob
 from flaudit.auditor.running.jobs import AttackJob, Job, Unit, plan_units
 from flaudit.core.jsonable import digest, to_json
-from flaudit.auditor.running.plan import AuditPlan
+from flaudit.auditor.running.plan import AuditPlan, ScenarioMatrix
 from flaudit.auditor.running.progress import clock
 from flaudit.auditor.running.store import CELLS
 
 UTILITY = "utility (simulation)"
+PRIVACY_AUDIT = "dp audit (simulation)"
+
+
+def _shape(matrix: ScenarioMatrix) -> str:
+    return f"{len(matrix.defenses)} defense(s) x {len(matrix.attacks)} attack(s)"
 
 
 def job_kind(job: Job) -> str:
-    return job.attack.name if isinstance(job, AttackJob) else UTILITY
+    if isinstance(job, AttackJob):
+        return job.attack.name
+    return PRIVACY_AUDIT if isinstance(job, PrivacyAuditJob) else UTILITY
 
 
 def job_cost_key(kind: str, attack: dict | None, scenario: dict) -> str:
@@ -60,8 +68,9 @@ class Calibration:
             if result.get("status") != "ok":
                 continue
             attack = job.get("attack") if job.get("kind") == "attack" else None
-            kind = job_cost_key(attack["name"] if attack else UTILITY, attack, job["scenario"])
-            seconds = float(result.get("seconds", 0.0))
+            name = attack["name"] if attack else PRIVACY_AUDIT if job.get("kind") == PrivacyAuditJob.kind else UTILITY
+            kind = job_cost_key(name, attack, job["scenario"])
+            seconds = float(result.get("seconds") or result.get("simulation_seconds") or 0.0)
             timing = result.get("timing") or {}
             if timing.get("prepare_seconds"):  # a model-shaping attack's private run
                 seconds += timing["prepare_seconds"] + timing.get("simulation_seconds", 0.0)
@@ -71,7 +80,7 @@ class Calibration:
     def unit_seconds(self, unit: Unit) -> float | None:
         """A unit's estimated seconds; None when one of its kinds is uncalibrated."""
         kinds = [cost_key(job) for job in unit.jobs]
-        if unit.utility is None and not any(job.shapes_model for job in unit.attacks):
+        if isinstance(unit, Unit) and unit.utility is None and not any(job.shapes_model for job in unit.attacks):
             kinds.append(job_cost_key(UTILITY, None, to_json(unit.scenario)))  # the shared simulation still runs
         if any(kind not in self.seconds for kind in kinds):
             return None
@@ -95,9 +104,9 @@ def plan_text(plan: AuditPlan, calibration: Calibration, workers: int | None, so
         keys[job_kind(job)].add(cost_key(job))
     lines = [
         f"audit {plan.config.options.name!r} ({plan.config.source}), profile {plan.config.profile!r}",
-        f"matrix: {len(plan.config.scenarios)} scenario(s) x {len(plan.defenses)} defense column(s) x "
-        f"{len(plan.attacks)} attack(s) = {len(plan.cells)} cells ({len(applicable)} applicable)",
-        f"  scenarios: {', '.join(s.label + ' seeds ' + str(list(s.seeds)) for s in plan.config.scenarios)}",
+        f"matrix: {len(plan.config.scenarios)} scenario(s), {len(plan.defenses)} defense column(s), "
+        f"{len(plan.attacks)} attack(s): {len(plan.cells)} cells ({len(applicable)} applicable)",
+        *(f"  {s.label} (seeds {list(s.seeds)}): {_shape(plan.matrix(s.label))}" for s in plan.config.scenarios),
         f"  defenses:  {', '.join(d.label for d in plan.defenses)}",
         f"  attacks:   {', '.join(a.label for a in plan.attacks)}",
         f"jobs: {len(plan.jobs)} in {len(units)} simulation units ({plan.threads} thread(s) each)",

@@ -69,6 +69,15 @@ class Cell:
 
 
 @dataclass(frozen=True)
+class ScenarioMatrix:
+    """The defense columns and attack rows one scenario runs (its ``defenses`` / ``attacks``)."""
+
+    scenario: str
+    defenses: tuple[str, ...]
+    attacks: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class AuditPlan:
     config: AuditConfig
     defenses: tuple[DefenseColumn, ...]
@@ -79,6 +88,13 @@ class AuditPlan:
     catalog: Catalog
     rejected: Mapping[tuple[str, str], str]  # (scenario, defense) labels -> why its kind cannot run that column
     audit_jobs: tuple[PrivacyAuditJob, ...] = ()  # empirical checks of the DP columns' epsilon
+    matrices: tuple[ScenarioMatrix, ...] = ()  # per scenario, in config order
+
+    def matrix(self, scenario: str) -> ScenarioMatrix:
+        found = next((m for m in self.matrices if m.scenario == scenario), None)
+        if found is None:  # a plan built without per-scenario selections runs every column and row
+            return ScenarioMatrix(scenario, tuple(d.label for d in self.defenses), tuple(a.label for a in self.attacks))
+        return found
 
     @property
     def jobs(self) -> list[UtilityJob | AttackJob | PrivacyAuditJob]:
@@ -203,34 +219,51 @@ def _audit_jobs(config: AuditConfig, scenario: ScenarioSpec, columns: tuple[Defe
     ]
 
 
+def _selected(chosen: tuple[str, ...] | None, available: tuple, scenario: ScenarioSpec, what: str) -> tuple:
+    """The columns or rows ``scenario.defenses`` / ``scenario.attacks`` names, in the matrix's order."""
+    if chosen is None:
+        return available
+    labels = [item.label for item in available]
+    unknown = [label for label in chosen if label not in labels]
+    if unknown:
+        raise ConfigError(f"scenario {scenario.label!r}: {what} = {list(chosen)} names {unknown[0]!r}, "
+                          f"which is not {'an' if what == 'attacks' else 'a'} {what[:-1]} label of this audit "
+                          f"({', '.join(labels)})")
+    return tuple(item for item in available if item.label in chosen)
+
+
 def build_plan(config: AuditConfig, catalog: Catalog, preflight: bool = True) -> AuditPlan:
     _check_overlay_names(config, catalog.attacks, "attack")
     _check_overlay_names(config, catalog.defenses, "defense")
-    columns = tuple(
+    all_columns = tuple(
         DefenseColumn(s.label, tuple(_resolve(c, catalog.defenses, config, config.overlay.defense) for c in s.components))
         for s in _expand_defenses(config.defenses, catalog.defenses)
     )
-    rows = tuple(
+    all_rows = tuple(
         AttackRow(s.label, _resolve(s.component, catalog.attacks, config, config.overlay.attack), s.attacked_round, s.timeout_s)
         for s in _expand_attacks(config.attacks, catalog.attacks)
     )
     options = config.options
     threads = options.threads
-    utility_jobs, cells, rejected, audit_jobs = [], [], {}, []
+    utility_jobs, cells, rejected, audit_jobs, matrices = [], [], {}, [], []
     for scenario in config.scenarios:
         _check_attacker(config, scenario)
-        rejects = _preflight(scenario, columns) if preflight else {}
+        scenario_columns = _selected(scenario.defenses, all_columns, scenario, "defenses")
+        scenario_rows = _selected(scenario.attacks, all_rows, scenario, "attacks")
+        matrices.append(ScenarioMatrix(scenario.label, tuple(c.label for c in scenario_columns),
+                                       tuple(r.label for r in scenario_rows)))
+        rejects = _preflight(scenario, scenario_columns) if preflight else {}
         rejected.update({(scenario.label, label): reason for label, reason in rejects.items()})
-        audit_jobs += _audit_jobs(config, scenario, columns, rejects, threads)
+        audit_jobs += _audit_jobs(config, scenario, scenario_columns, rejects, threads)
         utility_jobs += [
             UtilityJob(scenario.label, column.label, scenario.config.replace(seed=seed), column.components, threads,
                        options.job_timeout_s)
-            for column in columns if column.label not in rejects
+            for column in scenario_columns if column.label not in rejects
             for seed in scenario.seeds
         ]
-        for row in rows:
+        for row in scenario_rows:
             attacked_round = _attacked_round(row, config, scenario)
-            for column in columns:
+            for column in scenario_columns:
                 identity = cell_id(scenario.label, column.label, row.label)
                 reason = rejects.get(column.label) or _not_applicable(row, scenario, column, attacked_round)
                 if reason is None:
@@ -245,4 +278,5 @@ def build_plan(config: AuditConfig, catalog: Catalog, preflight: bool = True) ->
                     for seed in scenario.seeds
                 )
                 cells.append(Cell(identity, scenario, column, row, reason, jobs))
-    return AuditPlan(config, columns, rows, tuple(cells), tuple(utility_jobs), threads, catalog, rejected, tuple(audit_jobs))
+    return AuditPlan(config, all_columns, all_rows, tuple(cells), tuple(utility_jobs), threads, catalog, rejected,
+                     tuple(audit_jobs), tuple(matrices))
