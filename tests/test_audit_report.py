@@ -59,7 +59,12 @@ def test_summary_is_a_short_markdown_table(run_dir):
     assert row.startswith("| linear_leakage | **high** 8/8 recovered, null 0/8 · leakage +100.0% | **none** 0/8 recovered, ") and row.endswith(" | n/a |")
     assert next(line for line in lines if line.startswith("| crashes |")).count("**unknown** 2 failed") == 3
     assert any(line.startswith("| *test accuracy* |") for line in lines)
-    assert len(lines) < 20
+    assert lines[4].startswith("- **digits-mlp (digits, 4 clients, E=1, B=1, iid):** 1 of 3 scored attacks leak without "
+                               "a defense: linear_leakage high (8/8 recovered, null 0/8, leakage +100.0%)")
+    assert "- **toy_noise:** in digits-mlp it stops 1 of the 1 attacks that leak without it (linear_leakage)" in lines[5]
+    assert lines[6].startswith("- **3 cell(s) failed:** attack plugin 'crashes'")
+    assert lines[-1].startswith("report.html has the rest: 2 more finding(s)")
+    assert len(lines) < 30
 
 
 def _chromium(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
@@ -92,6 +97,66 @@ def test_a_v1_scorecard_still_loads_and_renders(run_dir, tmp_path):
     document = scorecard.load(tmp_path)
     html = report.render(document, run_dir)
     assert "flaudit.scorecard/1" in html and "predates null baselines" in html
-    assert "8/8 recovered<br>PSNR" in html and "null 0/8" not in html
+    assert "8/8 recovered<br><span class=small>PSNR" in html and "null 0/8" not in html
     row = next(line for line in summary.render(document).splitlines() if line.startswith("| linear_leakage |"))
     assert row.startswith("| linear_leakage | **high** 8/8 recovered |"), row
+
+
+def test_grids_show_originals_reconstructions_and_the_null_enlarged(run_dir):
+    """8x8 digits enlarged to 96 px tiles; three rows (original, attack, the null's guesses of
+    the same targets), so a resemblance the null also reaches is visible as such."""
+    from flaudit.auditor.results import grids
+
+    card = json.loads((run_dir / "scorecard.json").read_text())
+    worst = next(c for c in card["cells"] if c["id"] == "digits-mlp/none/linear_leakage")
+    image = Image.open(run_dir / worst["artifacts"][0]["grid"])
+    tile = 8 * -(-grids.MIN_TILE // 8)
+    assert image.height == 3 * (tile + grids.CAPTION + grids.GAP) + grids.GAP
+    pixels = np.asarray(image.convert("L"))
+    top, middle = grids.GAP, grids.GAP + tile + grids.CAPTION + grids.GAP
+    first = grids.LABEL_WIDTH + grids.GAP
+    assert (pixels[top : top + tile, first : first + tile] == pixels[middle : middle + tile, first : first + tile]).mean() > 0.99
+
+
+def test_findings_open_the_report(run_dir):
+    html = (run_dir / "report.html").read_text()
+    assert html.index("<h2>Findings</h2>") < html.index("Risk matrix")
+    assert ("<li><b>digits-mlp (digits, 4 clients, E=1, B=1, iid):</b> 1 of 3 scored attacks leak without a defense: "
+            "linear_leakage high (8/8 recovered, null 0/8, leakage +100.0%).</li>") in html
+    assert "toy_secure_sum shows the server only the aggregate" in html  # n/a reasons, grouped
+
+
+def test_findings_say_what_realism_and_defenses_change():
+    from flaudit.auditor.results.findings import findings
+    from flaudit.auditor.results.view import AuditView
+
+    def cell(scenario, defense, attack, level, hits):
+        return {"id": f"{scenario}/{defense}/{attack}", "scenario": scenario, "defense": {"label": defense},
+                "attack": {"label": attack}, "status": "ok", "risk": level, "reason": None, "errors": [],
+                "metrics": {"recovery_rate": {"mean": hits / 8}, "n_targets": {"values": [8]}, "n_recovered": {"values": [hits]},
+                            "n_null_recovered": {"values": [0]}, "leakage": {"mean": hits / 8, "ci95": None}}}
+
+    def scenario(label, epochs):
+        return {"label": label, "config": {"dataset": "digits", "clients": 8, "local_epochs": epochs, "batch_size": 8,
+                                           "partition": "iid"}, "seeds": [0], "defenses": ["none", "dp"], "attacks": ["ig", "rtf"]}
+
+    document = {
+        "audit": {"name": "t", "defenses": [{"label": "none"}, {"label": "dp"}],
+                  "attacks": [{"label": a, "name": a, "threat_model_text": "x"} for a in ("ig", "rtf")],
+                  "scenarios": [scenario("worst", 1), scenario("real", 2)]},
+        "cells": [cell("worst", "none", "ig", "high", 8), cell("worst", "none", "rtf", "high", 7),
+                  cell("worst", "dp", "ig", "none", 0), cell("worst", "dp", "rtf", "medium", 3),
+                  cell("real", "none", "ig", "none", 0), cell("real", "none", "rtf", "high", 8),
+                  cell("real", "dp", "ig", "none", 0), cell("real", "dp", "rtf", "none", 0)],
+        "utility": [{"scenario": s, "defense": d, "status": "ok", "test_accuracy": {"mean": a, "ci95": None},
+                     "accuracy_drop": {"mean": b, "ci95": None}}
+                    for s, d, a, b in (("worst", "none", 0.5, 0.0), ("worst", "dp", 0.4, 0.1), ("real", "none", 0.9, 0.0), ("real", "dp", 0.7, 0.2))],
+    }
+    found = {f.topic: [] for f in findings(AuditView.of(document))}
+    for f in findings(AuditView.of(document)):
+        found[f.topic].append(f.text)
+    assert found["realism"] == ["From worst to real (digits, 8 clients, E=1, B=8, iid -> digits, 8 clients, E=2, B=8, iid): "
+                                "ig high -> none; leaking in both: rtf."]
+    [dp] = found["defenses"]
+    assert dp.startswith("dp: in worst it stops 1 of the 2 attacks that leak without it (ig); still leaking: rtf medium (3/8 recovered")
+    assert "in real it stops 1 of the 1 attacks that leak without it (rtf); test accuracy 0.700 (-0.200 vs none)" in dp

@@ -64,6 +64,17 @@ class CellFigures:
     labels: LabelFigures | None
     failed: int
     first_error: str | None
+    scenario: str = ""
+    defense: str = ""
+    attack: str = ""
+    dp_violation: bool = False
+
+    @property
+    def rated_leakage(self) -> float:
+        """The largest mean leakage the cell is rated by (0 when none), for ordering cells."""
+        values = [f.leakage.mean for f in (self.images, self.labels) if f is not None and f.leakage is not None
+                  and (f is self.images or self.labels.rated)]
+        return max(values, default=0.0)
 
     @classmethod
     def of(cls, cell: Mapping[str, Any]) -> "CellFigures":
@@ -84,7 +95,9 @@ class CellFigures:
             )
         errors = cell.get("errors") or []
         return cls(cell["id"], cell["risk"], cell["status"], cell.get("reason"), images, labels, len(errors),
-                   errors[0]["message"] if errors else None)
+                   errors[0]["message"] if errors else None, cell.get("scenario", ""),
+                   (cell.get("defense") or {}).get("label", ""), (cell.get("attack") or {}).get("label", ""),
+                   bool(cell.get("dp_violation")))
 
 
 def signed_percent(stat: Stat | None) -> str:

@@ -12,6 +12,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from flaudit.auditor.results import risk
 from flaudit.auditor.results.cells import CellFigures, ImageFigures, Stat, counts_text, labels_text
+from flaudit.auditor.results.findings import findings
+from flaudit.auditor.results.view import AuditView, ScenarioInfo, UtilityFigures
 from flaudit.auditor.results.artifact_paths import resolve_inside
 from flaudit.auditor.results.plots import privacy_utility_png
 from flaudit.auditor.results.scorecard import worst_cells
@@ -20,7 +22,9 @@ CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;max-width:1400px;color:#1d1d1d;padding:0 1rem}
 h1{font-size:1.7rem;margin-bottom:.2rem}h2{border-bottom:2px solid #ddd;padding-bottom:.2rem;margin-top:2.2rem}
 table{border-collapse:collapse;margin:.6rem 0;font-size:.88rem}th,td{border:1px solid #c8c8c8;padding:.3rem .5rem;vertical-align:top}
-th{background:#f1f1f1;text-align:left}td.cell{text-align:center;min-width:5.5rem}.scroll{overflow-x:auto}td.cell b{display:block;text-transform:uppercase;font-size:.78rem;letter-spacing:.04em}
+th{background:#f1f1f1;text-align:left}td.cell{text-align:center;overflow-wrap:anywhere;font-size:.8rem}td.cell b{display:block;text-transform:uppercase;font-size:.78rem;letter-spacing:.04em}
+table.matrix{table-layout:fixed}table.matrix th{overflow-wrap:anywhere}table.matrix th.corner,table.matrix tr th:first-child{width:10rem}
+ul.findings li{margin:.3rem 0;line-height:1.35}
 .muted{color:#666}.small{font-size:.8rem}.chips span{display:inline-block;padding:.25rem .6rem;margin:.15rem;border-radius:.3rem;font-weight:600}
 figure{margin:1rem 0}figure img{max-width:100%;image-rendering:pixelated;border:1px solid #ccc}figcaption{font-size:.85rem;color:#444}
 .violation{color:#fff;background:#b3261e;padding:0 .3rem;border-radius:.2rem;font-weight:700}
@@ -51,19 +55,18 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _matrix_cell(cell: Mapping[str, Any]) -> str:
-    colour = risk.COLOURS[cell["risk"]]
-    if cell["status"] == "not_applicable":
-        return f'<td class=cell style="background:{colour}" title="{escape(cell["reason"])}"><b>n/a</b><span class=small>{escape(cell["reason"])}</span></td>'
-    figures = CellFigures.of(cell)
-    lines = [f"<b>{escape(cell['risk'])}</b>"]
+def _matrix_cell(figures: CellFigures) -> str:
+    colour = risk.COLOURS[figures.risk]
+    if figures.status == "not_applicable":
+        return f'<td class=cell style="background:{colour}" title="{escape(figures.reason or "")}"><b>n/a</b></td>'
+    lines = [f"<b>{escape(figures.risk)}</b>"]
     if figures.images:
         lines += _image_lines(figures.images)
     if figures.labels:
         lines.append(escape(labels_text(figures.labels)))
     if figures.failed:
         lines.append(f'<span class=small title="{escape(figures.first_error or "")}">{figures.failed} seed(s) failed</span>')
-    if cell.get("dp_violation"):
+    if figures.dp_violation:
         lines.append('<span class=violation>dp_violation</span>')
     return f'<td class=cell style="background:{colour}">' + "<br>".join(lines) + "</td>"
 
@@ -78,40 +81,53 @@ def _stat(stat: Stat | None, digits: int = 1, unit: str = "", scale: float = 1.0
 
 
 def _image_lines(images: ImageFigures) -> list[str]:
-    """Counts (never a bare rate), the leakage it was rated by, then the PSNR figures."""
+    """Counts (never a bare rate), the leakage it was rated by, then the mean PSNR."""
     lines = [escape(counts_text(images))]
     if images.leakage:
         lines.append(f"leakage {_stat(images.leakage, 1, '%', 100.0)}")
-    if images.psnr_hits is not None:
-        lines.append(f'<span class=small>PSNR alone: {images.psnr_hits}/{images.trials}</span>')
-    lines.append(f"PSNR {_stat(images.psnr_mean, 1, ' dB')}")
-    if images.psnr_recovered:
-        lines.append(f'<span class=small>of the recovered: {_stat(images.psnr_recovered, 1, " dB")}</span>')
+    lines.append(f'<span class=small>PSNR {_stat(images.psnr_mean, 1, " dB")}</span>')
     return lines
 
 
-def _utility_cell(entry: Mapping[str, Any]) -> str:
-    if entry["status"] == "not_applicable":
-        return f'<td class=cell title="{escape(entry["reason"])}"><b>n/a</b><span class=small>{escape(entry["reason"])}</span></td>'
-    return f"<td class=cell>{_num(entry['test_accuracy'], 3)}<br><span class=small>drop {_num(entry['accuracy_drop'], 3)}</span></td>"
+def _utility_cell(entry: UtilityFigures | None) -> str:
+    if entry is None:
+        return "<td>–</td>"
+    if entry.status == "not_applicable":
+        return f'<td class=cell title="{escape(entry.reason or "")}"><b>n/a</b></td>'
+    return f"<td class=cell>{_stat(entry.accuracy, 3)}<br><span class=small>drop {_stat(entry.drop, 3)}</span></td>"
 
 
-def _matrix(document: Mapping[str, Any], scenario: str) -> str:
-    cells = {c["id"]: c for c in document["cells"] if c["scenario"] == scenario}
-    audit = document["audit"]
-    defenses = [d["label"] for d in audit["defenses"]]
-    utility = {u["defense"]: u for u in document["utility"] if u["scenario"] == scenario}
-    head = "<th>attack (threat model) \\ defense</th>" + "".join(f"<th>{escape(d)}</th>" for d in defenses)
+def _matrix(view: AuditView, scenario: ScenarioInfo) -> str:
+    """Attack rows x the scenario's defense columns, fixed layout so it wraps, never scrolls."""
+    head = "<th class=corner>attack \\ defense</th>" + "".join(f"<th>{escape(d)}</th>" for d in scenario.defenses)
     rows = []
-    for attack in audit["attacks"]:
-        found = (cells.get(f"{scenario}/{d}/{attack['label']}") for d in defenses)
+    for attack in scenario.attacks:
+        found = (view.cell(scenario.label, d, attack) for d in scenario.defenses)
         tds = "".join(_matrix_cell(c) if c else "<td>–</td>" for c in found)
-        rows.append(f"<tr><th>{escape(attack['label'])}<br><span class='muted small'>{escape(attack['threat_model_text'])}</span></th>{tds}</tr>")
-    util = "".join(_utility_cell(utility[d]) if d in utility else "<td>–</td>" for d in defenses)
+        threat = view.attack(attack).threat_model_text
+        rows.append(f"<tr><th>{escape(attack)}<br><span class='muted small'>{escape(threat)}</span></th>{tds}</tr>")
+    util = "".join(_utility_cell(view.utility.get((scenario.label, d))) for d in scenario.defenses)
     rows.append(f"<tr><th>utility: test accuracy</th>{util}</tr>")
-    if not audit["attacks"]:
-        rows.insert(0, f"<tr><td colspan={len(defenses) + 1}>No attack is registered: only utility was measured.</td></tr>")
-    return f"<div class=scroll><table><tr>{head}</tr>{''.join(rows)}</table></div>"
+    if not scenario.attacks:
+        rows.insert(0, f"<tr><td colspan={len(scenario.defenses) + 1}>No attack is registered: only utility was measured.</td></tr>")
+    width = min(100, 12 * (len(scenario.defenses) + 1))  # a few columns stay narrow; many share the window
+    return f'<table class=matrix style="width:{width}%"><tr>{head}</tr>{"".join(rows)}</table>'
+
+
+def _scenario_heading(scenario: ScenarioInfo) -> str:
+    what = f"{escape(scenario.description)} · " if scenario.description else ""
+    return f"<h3>{escape(scenario.label)}</h3><p class='muted small'>{what}{escape(scenario.training)}</p>"
+
+
+def _findings(view: AuditView) -> str:
+    """Page one: the findings, by topic."""
+    parts, topic = [], None
+    for finding in findings(view):
+        if finding.topic != topic:
+            parts.append(("</ul>" if topic else "") + f"<h3>{escape(finding.topic.capitalize())}</h3><ul class=findings>")
+            topic = finding.topic
+        parts.append(f"<li><b>{escape(finding.headline)}</b> {escape(finding.detail)}</li>")
+    return "".join(parts) + ("</ul>" if topic else "<p>No cell was scored.</p>")
 
 
 def _legend(document: Mapping[str, Any]) -> str:
@@ -288,7 +304,8 @@ def render(document: Mapping[str, Any], out: Path) -> str:
         f"{summary['error']} failed. Risk: high {by_risk['high']}, medium {by_risk['medium']}, "
         f"low {by_risk['low']}, none {by_risk['none']}."
     )
-    matrices = "".join(f"<h3>{escape(s)}</h3>{_matrix(document, s)}" for s in scenarios)
+    view = AuditView.of(document)
+    matrices = "".join(_scenario_heading(s) + _matrix(view, s) for s in view.scenarios)
     utility = "".join(f"<h3>{escape(s)}</h3>{_utility_section(document, s)}" for s in scenarios)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>flaudit audit: {escape(audit['name'])}</title>
@@ -296,6 +313,7 @@ def render(document: Mapping[str, Any], out: Path) -> str:
 <h1>Privacy audit: {escape(audit['name'])}</h1>
 <p class=muted>flaudit scorecard {escape(document['schema'])} · {escape(document['manifest']['finished'])} · config {escape(audit['config_hash'][:12])}</p>
 <p id=verdict><b>{escape(verdict)}</b></p>
+<h2>Findings</h2>{_findings(view)}
 <h2>Risk matrix: attack x defense</h2>{_legend(document)}{matrices}
 <h2>Reconstructions of the worst cells</h2>{_grids(document, out, audit["options"]["grid_cells"])}
 <h2>Privacy vs utility</h2>{utility}

@@ -1,12 +1,19 @@
-"""``DIR/summary.md``: the audit in a few lines and one attack x defense table per scenario,
-short enough for a pull-request comment."""
+"""``DIR/summary.md``: the verdict, the first findings and the matrix of the scenario that leaks
+most, short enough for a pull-request comment; report.html has the rest."""
 
 from __future__ import annotations
 
 import re
 from typing import Any, Mapping
 
+from flaudit.auditor.results import risk
 from flaudit.auditor.results.cells import CellFigures, counts_text, labels_text, signed_percent
+from flaudit.auditor.results.findings import findings
+from flaudit.auditor.results.view import AuditView, ScenarioInfo, UtilityFigures
+from flaudit.auditor.running.config import BASELINE
+
+SUMMARY_TOPICS = ("leaks", "realism", "defenses", "failures")  # not-applicable reasons are in the report
+SUMMARY_FINDINGS = 8
 _MARKDOWN = re.compile(r"([\\`*|<>\[\]~])|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
 
 
@@ -15,8 +22,7 @@ def _md(value: Any) -> str:
     return _MARKDOWN.sub(lambda m: "\\" + m.group(0), " ".join(str(value).split()))
 
 
-def _cell(cell: Mapping[str, Any]) -> str:
-    figures = CellFigures.of(cell)
+def _cell(figures: CellFigures) -> str:
     if figures.status == "not_applicable":
         return "n/a"
     parts = [f"**{figures.risk}**"]
@@ -31,14 +37,14 @@ def _cell(cell: Mapping[str, Any]) -> str:
     return f"{parts[0]} {' · '.join(parts[1:])}".rstrip()
 
 
-def _accuracy(entry: Mapping[str, Any] | None) -> str:
-    if entry and entry["status"] == "not_applicable":
+def _accuracy(entry: UtilityFigures | None) -> str:
+    if entry is not None and entry.status == "not_applicable":
         return "n/a"
-    if not entry or not entry["test_accuracy"]:
+    if entry is None or entry.accuracy is None:
         return "failed"
-    text = f"{entry['test_accuracy']['mean']:.3f}"
-    if entry["defense"] != "none" and entry["accuracy_drop"]:
-        text += f" ({-entry['accuracy_drop']['mean']:+.3f})"
+    text = f"{entry.accuracy.mean:.3f}"
+    if entry.defense != BASELINE and entry.drop is not None:
+        text += f" ({-entry.drop.mean:+.3f})"
     return text
 
 
@@ -50,8 +56,29 @@ def _criterion(audit: Mapping[str, Any]) -> str:
             "(recovery above the data-blind null, lower end of its 95% interval)")
 
 
+def worst_scenario(view: AuditView) -> ScenarioInfo | None:
+    """The scenario whose cells leak most (sum of risk ranks), the first on a tie."""
+    def leak(scenario: ScenarioInfo) -> int:
+        cells = (view.cell(scenario.label, d, a) for d in scenario.defenses for a in scenario.attacks)
+        return sum(max(0, risk.rank(c.risk)) for c in cells if c is not None and c.risk in risk.LEVELS)
+    return max(view.scenarios, key=leak, default=None)
+
+
+def _matrix(view: AuditView, scenario: ScenarioInfo) -> list[str]:
+    lines = [f"### {_md(scenario.label)}", "", _md(scenario.description or scenario.training), "",
+             "| attack \\ defense | " + " | ".join(map(_md, scenario.defenses)) + " |",
+             "|---" * (len(scenario.defenses) + 1) + "|"]
+    for attack in scenario.attacks:
+        row = [_cell(c) if (c := view.cell(scenario.label, d, attack)) else "–" for d in scenario.defenses]
+        lines.append(f"| {_md(attack)} | " + " | ".join(row) + " |")
+    lines.append("| *test accuracy* | " + " | ".join(_accuracy(view.utility.get((scenario.label, d))) for d in scenario.defenses) + " |")
+    return lines
+
+
 def render(document: Mapping[str, Any]) -> str:
+    """The verdict, the first findings and the worst scenario's matrix; the rest is in report.html."""
     audit, summary = document["audit"], document["summary"]
+    view = AuditView.of(document)
     by_risk = summary["by_risk"]
     unscored = by_risk.get("unscored", 0)  # older scorecards have no such level
     lines = [
@@ -64,17 +91,18 @@ def render(document: Mapping[str, Any]) -> str:
         f"low {by_risk['low']}, none {by_risk['none']} · {_criterion(audit)} · "
         f"config `{audit['config_hash'][:12]}`, profile {_md(audit['profile'])}",
     ]
-    defenses = [d["label"] for d in audit["defenses"]]
-    for scenario in (s["label"] for s in audit["scenarios"]):
-        cells = {c["id"]: c for c in document["cells"] if c["scenario"] == scenario}
-        utility = {u["defense"]: u for u in document["utility"] if u["scenario"] == scenario}
-        lines += ["", f"### {_md(scenario)}", "", "| attack \\ defense | " + " | ".join(map(_md, defenses)) + " |",
-                  "|---" * (len(defenses) + 1) + "|"]
-        for attack in audit["attacks"]:
-            found = (cells.get(f"{scenario}/{d}/{attack['label']}") for d in defenses)
-            row = [_cell(c) if c else "–" for c in found]
-            lines.append(f"| {_md(attack['label'])} | " + " | ".join(row) + " |")
-        lines.append("| *test accuracy* | " + " | ".join(_accuracy(utility.get(d)) for d in defenses) + " |")
+    found = findings(view)
+    shown = [f for f in found if f.topic in SUMMARY_TOPICS][:SUMMARY_FINDINGS]
+    if shown:
+        lines += ["", *(f"- **{_md(f.headline)}** {_md(f.detail)}" for f in shown)]
+    worst = worst_scenario(view)
+    if worst is not None:
+        lines += ["", *_matrix(view, worst)]
     if not audit["attacks"]:
         lines += ["", "No attack is registered yet: the audit measured utility only."]
+    rest = len(found) - len(shown)
+    others = len(view.scenarios) - (worst is not None)
+    if rest or others:
+        lines += ["", f"report.html has the rest: {rest} more finding(s), {others} more scenario matrix(es), "
+                  "reconstruction grids, privacy-utility plots, failures and the manifest."]
     return "\n".join(lines) + "\n"

@@ -35,11 +35,12 @@ import torch
 
 from flaudit.auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput
 from flaudit.auditor.privacy_audit.job import PrivacyAuditJob
-from flaudit.auditor.results.grids import best_pairs, grid_png
+from flaudit.auditor.results.grids import GridRow, comparison_rows, rows_png
 from flaudit.core.errors import InvalidUpdateError
 from flaudit.core.jsonable import digest, to_json
 from flaudit.auditor.metrics.leakage import against_nulls
-from flaudit.auditor.metrics.scoring import AttackOutputError, Criterion, score_output
+from flaudit.auditor.metrics.measures import Matching
+from flaudit.auditor.metrics.scoring import AttackOutputError, Criterion, Scored, score_output
 from flaudit.auditor.running.threat_views import view_of
 from flaudit.defenses.base import compose
 from flaudit.scenarios.fedavg import RoundRecord
@@ -148,8 +149,8 @@ class AttackJob:
         fill = next((g.output.images[0] for g in guesses if g.name == "mean" and len(g.output.images)), None)
         criterion = Criterion(self.psnr_threshold, reference_pool(world), self.margin_db, fill)
         scored = score_output(output, world, record.ground_truth, criterion)
-        nulls = {g.name: score_output(g.output, world, record.ground_truth, criterion).scores for g in guesses}
-        leakage = against_nulls(scored.scores, nulls)
+        null_scored = {g.name: score_output(g.output, world, record.ground_truth, criterion) for g in guesses}
+        leakage = against_nulls(scored.scores, {name: s.scores for name, s in null_scored.items()})
         rated_by = [name for name, value in (("images", leakage.leakage), ("labels", leakage.label_leakage))
                     if value is not None and (name == "images" or attack.label_step is None)]
         result = {
@@ -164,9 +165,18 @@ class AttackJob:
             "null_seconds": time.perf_counter() - began,
         }
         if scored.matching is not None:
-            t_idx, r_idx = best_pairs(scored.matching, self.grid_images)
-            result["grid_png"] = grid_png(scored.targets[t_idx], scored.reconstructions[r_idx])
+            result["grid_png"] = rows_png(comparison_rows(
+                scored.targets, scored.reconstructions, scored.matching, self.grid_images,
+                _null_row(null_scored.get(leakage.null_name), scored, leakage.null_name)))
         return result
+
+
+def _null_row(null: Scored | None, scored: Scored, name: str | None) -> tuple[str, torch.Tensor, Matching] | None:
+    """The grid's null row: the guesses of the null the leakage was measured against, when
+    they were matched to the same targets."""
+    if null is None or null.matching is None or not torch.equal(null.targets, scored.targets):
+        return None
+    return name, null.reconstructions, null.matching
 
 
 def scored_targets(output: AttackOutput, record: Any) -> tuple[AttackOutput, str | None]:
@@ -192,8 +202,8 @@ def unscored_result(output: AttackOutput, reason: str, attack_seconds: float, at
         "attacked_round": attacked_round, "target_clients": list(output.target_clients),
         "diagnostics": to_json(output.diagnostics), "test_accuracy_at_attack": record.test_accuracy,
     }
-    if len(images):  # the originals' row stays blank: there is none to show
-        result["grid_png"] = grid_png(torch.ones_like(images), images)
+    if len(images):  # no originals to show
+        result["grid_png"] = rows_png([GridRow("unscored", list(images))])
     return result
 
 
