@@ -19,6 +19,7 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -153,12 +154,15 @@ class OpacusTraining:
         return sum(steps for _, _, steps in self.clients[client_id].engine.accountant.history)
 
     def epsilons(self) -> dict[int, float]:
-        """Epsilon each participating client has spent so far, at ``delta``."""
-        return {
-            client_id: float(client.engine.get_epsilon(self.params.delta))
-            for client_id, client in sorted(self.clients.items())
-            if len(client.engine.accountant) > 0
-        }
+        """Epsilon each participating client has spent so far, at ``delta``. A client whose batch
+        is all its data samples at rate 1, where the PRV accountant takes log(1 - q) = -inf on
+        purpose: numpy's warning about it is silenced, not the result."""
+        with np.errstate(divide="ignore"):
+            return {
+                client_id: float(client.engine.get_epsilon(self.params.delta))
+                for client_id, client in sorted(self.clients.items())
+                if len(client.engine.accountant) > 0
+            }
 
 
 @functools.cache  # clients with as many batches share it; each search costs up to seconds

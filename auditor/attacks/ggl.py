@@ -26,7 +26,6 @@ from typing import Callable, Literal, Sequence
 import cma
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from flaudit.auditor.attacks.registry import register_attack
 from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput, NullContext
@@ -40,6 +39,7 @@ from flaudit.core.tables import bounded
 from flaudit.core.errors import ConfigError
 from flaudit.scenarios.scenario import ScenarioConfig, derive_seed
 from flaudit.scenarios.views import ServerView
+from flaudit.core.progress import step_bar
 
 PRIOR_SEED_STREAM = 6161  # derive_seed stream of the generator's initialisation and training
 SEARCH_SEED_STREAM = 6162  # derive_seed stream of CMA-ES's sampling
@@ -69,7 +69,7 @@ def search_latent(loss: Callable[[np.ndarray], float], p: GglParams, seed: int) 
     if p.population is not None:
         options["popsize"] = p.population
     search = cma.CMAEvolutionStrategy(np.zeros(p.latent_dim), p.sigma, options)
-    with tqdm(total=p.evaluations, desc="ggl", disable=None, leave=False) as progress:
+    with step_bar(total=p.evaluations, desc="ggl") as progress:
         while not search.stop():
             candidates = search.ask()
             search.tell(candidates, [loss(z) for z in candidates])

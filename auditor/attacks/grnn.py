@@ -28,7 +28,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from flaudit.auditor.attacks.registry import register_attack
 from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput, NullContext
@@ -42,6 +41,7 @@ from flaudit.core.errors import FlauditError
 from flaudit.scenarios.scenario import derive_seed
 from flaudit.scenarios.updates import ParamLayout
 from flaudit.scenarios.views import ServerView
+from flaudit.core.progress import step_bar
 
 SEED_STREAM = 5151  # derive_seed stream of the generator's initialisation and input noise
 
@@ -136,7 +136,7 @@ class Grnn(HonestServerAttack):
         wasserstein_distance = LayerWasserstein(observed, layout, p.wasserstein_entries, seed)
         optimizer = torch.optim.RMSprop(generator.parameters(), lr=p.lr, momentum=p.momentum)
         best = (float("inf"), None, None, {})
-        for _ in tqdm(range(p.iterations), desc="grnn", disable=None, leave=False):
+        for _ in step_bar(range(p.iterations), desc="grnn"):
             images, soft_labels = generator(noise)
             candidate = step_ratio * simulate_update(model, layout, training, images, soft_labels)
             l2 = gradient_distance(candidate.index_select(0, entries), observed_params, "l2") / energy

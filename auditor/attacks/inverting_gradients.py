@@ -19,7 +19,6 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import trange
 
 from flaudit.auditor.attacks.registry import register_attack
 from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput, NullContext
@@ -30,6 +29,7 @@ from flaudit.auditor.attacks.toolkit.local_update import Distance, gradient_dist
 from flaudit.core.tables import bounded
 from flaudit.scenarios.updates import ParamLayout
 from flaudit.scenarios.views import ServerView, TrainingSpec
+from flaudit.core.progress import step_bar
 
 DECAY_POINTS = (3 / 8, 5 / 8, 7 / 8)  # fractions of the budget where the step size drops 10x
 
@@ -66,7 +66,7 @@ def optimise_images(
         x = torch.rand(shape, generator=generator).to(device).requires_grad_()
         optimizer = torch.optim.Adam([x], lr=lr)
         schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
-        for _ in trange(iterations, desc=desc, leave=False, disable=None):
+        for _ in step_bar(range(iterations), desc=desc):
             loss = objective(x)
             if not bool(torch.isfinite(loss)):
                 break

@@ -34,7 +34,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models import ResNet
-from tqdm.auto import tqdm
 
 from flaudit.auditor.attacks.registry import register_attack
 from flaudit.auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput, ThreatModel, NullContext
@@ -52,6 +51,7 @@ from flaudit.core.tables import bounded
 from flaudit.core.errors import ConfigError, FlauditError
 from flaudit.scenarios.models import FeatureClassifier
 from flaudit.scenarios.views import ServerView
+from flaudit.core.progress import step_bar
 
 
 @dataclass(frozen=True)
@@ -221,7 +221,7 @@ def train_autoencoder(
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, params.ae_lr, total_steps=max(1, params.ae_epochs * batches))
     device = _device(autoencoder)
     autoencoder.train()
-    for _ in tqdm(range(params.ae_epochs), desc="scale_mia autoencoder", unit="epoch", leave=False, disable=None):
+    for _ in step_bar(range(params.ae_epochs), desc="scale_mia autoencoder", unit="epoch"):
         order = torch.randperm(len(images), generator=generator)
         for start in range(0, len(images), params.ae_batch_size):
             batch = dihedral(images[order[start : start + params.ae_batch_size]], generator).to(device)

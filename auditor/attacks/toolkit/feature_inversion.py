@@ -13,9 +13,9 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from flaudit.auditor.attacks.toolkit.image_priors import total_variation
+from flaudit.core.progress import step_bar
 
 Embedder = Callable[[torch.Tensor], torch.Tensor]  # images [N, C, H, W] -> embeddings [N, D]
 
@@ -39,7 +39,7 @@ def invert_features(
     start = torch.rand((len(targets), *image_shape), generator=generator)
     images = start.to(targets.device).requires_grad_(True)
     optimizer = torch.optim.Adam([images], lr=settings.lr)
-    for _ in tqdm(range(settings.iterations), desc="feature inversion", disable=None, leave=False):
+    for _ in step_bar(range(settings.iterations), desc="feature inversion"):
         optimizer.zero_grad(set_to_none=True)
         similarity = F.cosine_similarity(embed(images), targets, dim=1)
         loss = (1 - similarity).mean() + settings.tv_weight * total_variation(images).mean()

@@ -16,10 +16,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from flaudit.auditor.attacks.toolkit.image_priors import total_variation
 from flaudit.auditor.metrics.measures import ssim
+from flaudit.core.progress import step_bar
 
 Loss = Callable[[torch.Tensor, nn.Module], torch.Tensor]  # (minibatch row indices, model) -> loss
 
@@ -58,7 +58,7 @@ def fit(model: nn.Module, n_rows: int, loss: Loss, steps: int, batch_size: int, 
     """``steps`` Adam steps on random minibatches of ``n_rows`` rows; ``loss(rows, model)``."""
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
-    for _ in tqdm(range(steps), desc=desc, leave=False, disable=None):
+    for _ in step_bar(range(steps), desc=desc):
         rows = torch.randint(n_rows, (min(batch_size, n_rows),))
         optimizer.zero_grad(set_to_none=True)
         loss(rows, model).backward()

@@ -17,9 +17,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from flaudit.core.errors import FlauditError
+from flaudit.core.progress import step_bar
 
 RANK_TOLERANCE = 1e-5  # singular values below this share of the largest carry no source
 QUADRATURE_POINTS = 20001  # grid over +-10 sigma for the Gaussian reference of the negentropy
@@ -104,7 +104,7 @@ def unmix(whitened: Whitened, settings: UnmixingSettings) -> torch.Tensor:
     reference = gaussian_log_cosh(settings.negentropy_scale)
     weights = torch.eye(k, dtype=signals.dtype, device=signals.device).requires_grad_(True)
     optimizer = torch.optim.Adam([weights], lr=settings.lr)
-    for _ in tqdm(range(settings.iterations), desc="cpa unmixing", disable=None, leave=False):
+    for _ in step_bar(range(settings.iterations), desc="cpa unmixing"):
         optimizer.zero_grad(set_to_none=True)
         unmixing = weights / weights.norm(dim=1, keepdim=True)
         sources = unmixing @ signals
