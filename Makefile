@@ -10,7 +10,7 @@ BUILD_INPUTS := setup.py constraints.txt requirements.txt $(wildcard csrc/*)
 .PHONY: audit test bench bench-quick bench-check bench-baseline bench-slow install clean
 
 audit: $(STAMP)
-	$(BIN)/flaudit run --profile quick --out runs/default
+	$(BIN)/flaudit run --profile quick --executor process --out runs/default
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -167,22 +167,82 @@ def test_preflight_checks_data_and_scenario_before_running(tmp_path):
         build_plan(toy_config("", base='[scenario]\nmodel = "cnnn"\n'), toy_catalog())
 
 
+DEFAULT_SCENARIOS = ["digits-fedsgd", "digits-fedavg", "photos-fedsgd", "photos-fedavg", "digits-fedmd", "digits-gan"]
+
+
 def test_embedded_default_audit():
     quick = load_audit(None)
     assert quick.profile == "quick" and quick.source == "<embedded default>"
-    assert [(s.label, s.seeds) for s in quick.scenarios] == [("digits-cnn", (0,))]
+    assert [(s.label, s.seeds) for s in quick.scenarios] == [(label, (0,)) for label in DEFAULT_SCENARIOS]
     full = load_audit(None, "full")
-    assert [s.label for s in full.scenarios] == ["digits-cnn", "photo_patches-cnn", "digits-fedmd"]
-    assert all(len(s.seeds) == 3 for s in full.scenarios)
+    assert [s.label for s in full.scenarios] == DEFAULT_SCENARIOS and all(len(s.seeds) == 3 for s in full.scenarios)
     document = tomllib.loads(default_audit_text())
     assert document["attack"] == [{"name": "*"}] and document["defense"] == [{"name": "*"}]
+    assert quick.overlay.attack == {"ig": {"iterations": 300}} and full.overlay.attack == {}  # full: the papers' budgets
 
 
 def test_default_audit_plans_every_registered_component():
+    """Every registered attack has an applicable cell and every registered defense a column in a
+    scenario whose baseline it can be compared with."""
     from flaudit.auditor.running.catalog import registered
 
     catalog = registered()
-    plan = build_plan(load_audit(None), catalog)  # preflight: builds the world, composes each column
+    plan = build_plan(load_audit(None), catalog)  # preflight: builds each world, composes each column
     assert [d.label for d in plan.defenses] == ["none", *catalog.defenses.names()]
     assert [a.label for a in plan.attacks] == catalog.attacks.names()
-    assert len(plan.cells) == len(plan.defenses) * len(plan.attacks)
+    applicable = [c for c in plan.cells if not c.not_applicable]
+    assert {c.attack.label for c in applicable} == set(catalog.attacks.names())
+    assert {c.defense.label for c in applicable if c.scenario.label == "digits-fedsgd"} == {d.label for d in plan.defenses}
+    worst, realistic = (s.config for s in plan.config.scenarios[:2])
+    assert worst.local_epochs == 1 and worst.batch_size * worst.clients + worst.auxiliary_samples == worst.max_samples
+    assert realistic.local_epochs > 1 and realistic.batch_size >= 16 and realistic.partition == "dirichlet"
+
+
+
+SELECTED = """
+[[scenario]]
+label = "worst"
+dataset = "digits"
+model = "mlp"
+clients = 4
+description = "worst case: FedSGD"
+
+[[scenario]]
+label = "realistic"
+dataset = "digits"
+model = "mlp"
+clients = 4
+defenses = ["toy_noise", "none"]
+attacks = ["linear_leakage"]
+
+[[defense]]
+name = "*"
+
+[[attack]]
+name = "*"
+"""
+
+
+def test_a_scenario_runs_only_the_columns_and_rows_it_selects():
+    plan = build_plan(toy_config(SELECTED, base=""), toy_catalog(), preflight=False)
+    everything = len(plan.defenses) * len(plan.attacks)
+    assert len([c for c in plan.cells if c.scenario.label == "worst"]) == everything
+    assert [c.cell_id for c in plan.cells if c.scenario.label == "realistic"] == [
+        "realistic/none/linear_leakage", "realistic/toy_noise/linear_leakage"]  # in the matrix's order
+    assert {(j.scenario_label, j.defense_label) for j in plan.utility_jobs if j.scenario_label == "realistic"} == {
+        ("realistic", "none"), ("realistic", "toy_noise")}
+    assert plan.matrix("realistic").defenses == ("none", "toy_noise")
+    assert plan.config.scenarios[0].description == "worst case: FedSGD"
+
+
+@pytest.mark.parametrize("change, message", [
+    ('attacks = ["linear_leakge"]', "scenario 'realistic': attacks = \\['linear_leakge'\\] names 'linear_leakge', which is not an attack label"),
+    ('defenses = ["dp"]', "names 'dp', which is not a defense label of this audit \\(none, toy_noise, toy_secure_sum\\)"),
+    ("defenses = []", "scenario\\[1\\].defenses: expected a non-empty list"),
+    ('attacks = ["linear_leakage", "linear_leakage"]', "lists a label twice"),
+    ("description = 3", "scenario\\[1\\].description: expected printable text"),
+])
+def test_a_bad_selection_is_one_config_error(change, message):
+    text = SELECTED.replace('defenses = ["toy_noise", "none"]\nattacks = ["linear_leakage"]', change)
+    with pytest.raises(ConfigError, match=message):
+        build_plan(toy_config(text, base=""), toy_catalog(), preflight=False)
