@@ -32,9 +32,10 @@ from flaudit.scenarios.client import accuracy, train_client
 from flaudit.scenarios.datasets import DataOptions, DatasetSplits, ImageDataset, load_dataset
 from flaudit.scenarios.fedavg import RoundRecord
 from flaudit.scenarios.hooks import FLHooks, WeightedMeanAggregator
+from flaudit.scenarios.kinds import ScenarioKind
 from flaudit.scenarios.scenario import ClientData, FLWorld, ScenarioConfig, derive_seed
 from flaudit.scenarios.updates import ParamLayout
-from flaudit.scenarios.views import ClientTrace, ClientUpload, ServerView, TrainingSpec
+from flaudit.scenarios.views import ClientTrace, ClientUpload, PeerView, ServerView, TrainingSpec
 
 TRAINING_FIELDS = ("lr", "epochs", "batch_size", "momentum", "weight_decay")
 
@@ -241,12 +242,6 @@ class RecordedSimulation:
                            accuracy(after, test.images, test.labels), world.data.train)
 
 
-def register() -> None:
-    from flaudit.scenarios.kinds import SCENARIO_KINDS, ScenarioKind
-    from flaudit.scenarios.views import PeerView
-
-    if "recorded" not in SCENARIO_KINDS:
-        SCENARIO_KINDS.register("recorded", "a real federation's recorded rounds (flaudit.integrations.flower)")(
-            ScenarioKind(build_recorded_world, RecordedSimulation, frozenset({ServerView, PeerView}), rejects_defenses,
-                         refuses)
-        )
+# The kind, declared as the entry point ``recorded`` of group ``flaudit.scenario_kinds`` (setup.py).
+RECORDED = ScenarioKind(build_recorded_world, RecordedSimulation, frozenset({ServerView, PeerView}), rejects_defenses,
+                        refuses, "a real federation's recorded rounds (flaudit.integrations.flower)")
