@@ -36,6 +36,10 @@ def _serves_every_attack(attack: type, config: ScenarioConfig, attacked_round: i
     return None
 
 
+def _no_findings(config: ScenarioConfig) -> list[dict[str, Any]]:
+    return []
+
+
 @dataclass(frozen=True)
 class ScenarioKind:
     build_world: Callable[[ScenarioConfig], FLWorld]
@@ -48,6 +52,9 @@ class ScenarioKind:
     # when it can): a recording cannot be re-sent a crafted model, nor show what it did not record.
     refuses: Callable[[type, ScenarioConfig, int], str | None] = _serves_every_attack
     summary: str = ""  # one line for `flaudit list` (a plugin kind's; built-ins pass theirs to register)
+    # What the scenario's own settings say before any attack runs ({code, severity, message,
+    # values} each, in the scorecard's scenario entry), e.g. a recorded federation's DP settings.
+    findings: Callable[[ScenarioConfig], list[dict[str, Any]]] = _no_findings
 
 
 def _kind_plugin(name: str, obj: Any) -> ScenarioKind:

@@ -163,7 +163,14 @@ def _audited(document: Mapping[str, Any]) -> str:
     )
     if not audit["attacks"]:
         attacks = "<p>No attack is registered.</p>"
-    return f"<h3>Scenarios</h3>{scenarios}<h3>Defenses</h3>{defenses}<h3>Attacks</h3>{attacks}"
+    return f"<h3>Scenarios</h3>{scenarios}{_findings(audit)}<h3>Defenses</h3>{defenses}<h3>Attacks</h3>{attacks}"
+
+
+def _findings(audit: Mapping[str, Any]) -> str:
+    """What the scenarios' own settings say (a recorded federation's DP settings)."""
+    rows = [[_e(s["label"]), _e(f["severity"]), _e(f["code"]), _e(f["message"])]
+            for s in audit["scenarios"] for f in s.get("findings", [])]
+    return f"<h3>Findings in the scenarios' settings</h3>{_table(['scenario', 'severity', 'finding', 'message'], rows)}" if rows else ""
 
 
 def _grids(document: Mapping[str, Any], out: Path, count: int) -> str:

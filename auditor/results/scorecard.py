@@ -298,6 +298,17 @@ def _without_seed(config: Any) -> dict[str, Any]:
     return {k: v for k, v in to_json(config).items() if k != "seed"}
 
 
+def _scenario_entry(spec: Any) -> dict[str, Any]:
+    """A scenario, and what its kind finds in its own settings (a recorded federation's DP)."""
+    from flaudit.scenarios.kinds import scenario_kind  # building only: reading a scorecard stays light
+
+    entry = {"label": spec.label, "config": _without_seed(spec.config), "seeds": list(spec.seeds)}
+    found = scenario_kind(spec.config.kind).findings(spec.config)
+    if found:
+        entry["findings"] = found
+    return entry
+
+
 def build(plan: AuditPlan, results: Mapping[str, Mapping[str, Any]], manifest: Mapping[str, Any]) -> dict[str, Any]:
     """The scorecard of a finished plan; ``results``: every job's result by job key."""
     config, options = plan.config, plan.config.options
@@ -319,10 +330,7 @@ def build(plan: AuditPlan, results: Mapping[str, Mapping[str, Any]], manifest: M
             "identifiable_margin_db": options.identifiable_margin_db,
             "risk_thresholds": risk.thresholds(),
             "gate": dict(config.gate.items()),
-            "scenarios": [
-                {"label": s.label, "config": _without_seed(s.config), "seeds": list(s.seeds)}
-                for s in config.scenarios
-            ],
+            "scenarios": [_scenario_entry(s) for s in config.scenarios],
             "defenses": [d.describe() for d in plan.defenses],
             "attacks": [a.describe() for a in plan.attacks],
         },

@@ -65,7 +65,8 @@ def render(document: Mapping[str, Any]) -> str:
         f"config `{audit['config_hash'][:12]}`, profile {_md(audit['profile'])}",
     ]
     defenses = [d["label"] for d in audit["defenses"]]
-    for scenario in (s["label"] for s in audit["scenarios"]):
+    for entry in audit["scenarios"]:
+        scenario = entry["label"]
         cells = {c["id"]: c for c in document["cells"] if c["scenario"] == scenario}
         utility = {u["defense"]: u for u in document["utility"] if u["scenario"] == scenario}
         lines += ["", f"### {_md(scenario)}", "", "| attack \\ defense | " + " | ".join(map(_md, defenses)) + " |",
@@ -75,6 +76,8 @@ def render(document: Mapping[str, Any]) -> str:
             row = [_cell(c) if c else "–" for c in found]
             lines.append(f"| {_md(attack['label'])} | " + " | ".join(row) + " |")
         lines.append("| *test accuracy* | " + " | ".join(_accuracy(utility.get(d)) for d in defenses) + " |")
+        if entry.get("findings"):
+            lines += [""] + [f"- **{f['severity']}** `{f['code']}`: {_md(f['message'])}" for f in entry["findings"]]
     if not audit["attacks"]:
         lines += ["", "No attack is registered yet: the audit measured utility only."]
     return "\n".join(lines) + "\n"

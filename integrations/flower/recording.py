@@ -228,6 +228,10 @@ class RecordingWriter:
         self.manifest["rounds"].append(entry)
         self._flush()
 
+    def update_settings(self, **settings: Any) -> None:
+        """Adds to the recorded settings (written with the next round or ``finish``)."""
+        self.manifest["settings"].update({k: jsonable(v) for k, v in settings.items()})
+
     def finish(self) -> None:
         self.manifest["finished"] = True
         self._flush()
