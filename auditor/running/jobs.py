@@ -278,7 +278,7 @@ class Unit:
             try:
                 private_copy = i != last[job.attacked_round]
                 result = job.attack_on(world, records[job.attacked_round], knowledge, attack, private_copy)
-                result["timing"] = {**timing, "null_seconds": result.pop("null_seconds")}
+                result["timing"] = {**timing, "null_seconds": result.pop("null_seconds", 0.0)}  # unscored: no null ran
             except Exception as exc:  # noqa: BLE001 - one failing attack must not take the others down
                 result = error_result(exc, plugin_origin(attack))
             yield offset + i, {**result, "seconds": time.perf_counter() - began}
