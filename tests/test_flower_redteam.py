@@ -79,3 +79,13 @@ def test_a_diverging_crafted_model_is_the_attacks_failure(tmp_path):
         assert "non-finite" in result.result["diagnostics"]["invalid_update"]
     crafter = app.last_strategy[0].crafter
     assert not crafter.changes_architecture(crafter.model)  # the federation is left with its own architecture
+
+
+def test_the_crafted_architecture_is_recorded_by_digest(tmp_path):
+    """Under SecAgg+ RTF's architecture travels in each node's config: the recording keeps its
+    sha256 and size, not the pickled module."""
+    red_team_run("secagg_app", "rtf", tmp_path / "recording")
+    node = load_recording(tmp_path / "recording").rounds[0].nodes[0]
+    blob = node.config["architecture"]
+    assert set(blob) == {"bytes_sha256", "size"} and blob["size"] > 1024
+    assert (tmp_path / "recording" / "recording.json").stat().st_size < 100_000
