@@ -49,6 +49,9 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python $(BUILD_INPUTS)
 	$(PIP) install -q -c constraints.txt -r requirements.txt
 	$(PIP) install -q -c constraints.txt --no-build-isolation -e '.[flower]'
+	# Flower's RDP accountant (flwr.serverapp.RdpAccountant, tests/test_flower_dp.py) needs dp-accounting,
+	# which declares attrs<24 against our attrs 26 but runs with it: installed without its pins.
+	$(PIP) install -q --no-deps dp-accounting==0.6.0 absl-py==2.5.1 dm-tree==0.1.10 wrapt==2.5.2
 	touch $@
 
 clean:

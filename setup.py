@@ -111,5 +111,8 @@ setup(
         "flower": ["flwr==1.42.0"],  # flaudit.integrations.flower's strategies, mods and grid
         "bench": ["breaching", "flwr==1.42.0"],  # peers benches/bench_peers.py times ours against; never imported by flaudit
     },
-    entry_points={"console_scripts": ["flaudit=flaudit.auditor.cli:main"]},
+    entry_points={
+        "console_scripts": ["flaudit=flaudit.auditor.cli:main"],
+        "flaudit.scenario_kinds": ["recorded=flaudit.integrations.flower.replay:RECORDED"],  # needs no Flower
+    },
 )

@@ -34,6 +34,9 @@ PLUGIN_SEPARATOR = ":"  # "package.module:attr" names a plugin by import path
 
 
 def _summary(obj: Any, summary: str) -> str:
+    """The given summary, else the object's own ``summary`` string, else its docstring's first line."""
+    if not summary and isinstance(getattr(obj, "summary", None), str):
+        summary = obj.summary
     lines = (getattr(obj, "__doc__", None) or "").strip().splitlines()
     return summary or (lines[0] if lines else "")
 
@@ -98,9 +101,10 @@ class Registry(Generic[T]):
         self._load()
         return sorted(self._entries)
 
-    def _add_plugin(self, name: str, obj: Any) -> None:
+    def _add_plugin(self, name: str, obj: Any, plugin: bool = True) -> None:
+        """``plugin``: the user's; False for an entry point flaudit itself declares."""
         accepted = self._accept(name, obj) if self._accept else obj
-        self.register(name, _summary(obj, ""), plugin=True)(accepted)
+        self.register(name, _summary(obj, ""), plugin=plugin)(accepted)
 
     def _load(self) -> None:
         """Imports the built-in modules and registers the installed entry points, once."""
@@ -121,7 +125,7 @@ class Registry(Generic[T]):
                     f"{self.kind} plugin {point.name!r} (entry point {point.value!r} in group "
                     f"{self.plugins!r}) failed to load: {type(exc).__name__}: {exc}"
                 ) from None
-            self._add_plugin(point.name, obj)
+            self._add_plugin(point.name, obj, plugin=getattr(point.dist, "name", None) != "flaudit")
 
     def entries(self) -> Iterator[Entry[T]]:
         for name in self.names():

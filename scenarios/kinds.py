@@ -36,6 +36,10 @@ def _serves_every_attack(attack: type, config: ScenarioConfig, attacked_round: i
     return None
 
 
+def _no_findings(config: ScenarioConfig) -> list[dict[str, Any]]:
+    return []
+
+
 @dataclass(frozen=True)
 class ScenarioKind:
     build_world: Callable[[ScenarioConfig], FLWorld]
@@ -47,9 +51,22 @@ class ScenarioKind:
     # Why its attacked round cannot serve an attack class although it produces its view (None
     # when it can): a recording cannot be re-sent a crafted model, nor show what it did not record.
     refuses: Callable[[type, ScenarioConfig, int], str | None] = _serves_every_attack
+    summary: str = ""  # one line for `flaudit list` (a plugin kind's; built-ins pass theirs to register)
+    # What the scenario's own settings say before any attack runs ({code, severity, message,
+    # values} each, in the scorecard's scenario entry), e.g. a recorded federation's DP settings.
+    findings: Callable[[ScenarioConfig], list[dict[str, Any]]] = _no_findings
 
 
-SCENARIO_KINDS: Registry[ScenarioKind] = Registry("scenario kind")
+def _kind_plugin(name: str, obj: Any) -> ScenarioKind:
+    if not isinstance(obj, ScenarioKind):
+        raise ConfigError(f"scenario kind plugin {name!r} is {obj!r}, not a flaudit.scenarios.kinds.ScenarioKind")
+    return obj
+
+
+# Pluggable: kinds outside scenarios/ come in as entry points of the group ``flaudit.scenario_kinds``
+# (flaudit's own ``recorded`` kind, setup.py: flaudit.integrations.flower.replay:RECORDED) or as
+# ``"package.module:KIND"``, so scenarios/ imports no integration.
+SCENARIO_KINDS: Registry[ScenarioKind] = Registry("scenario kind", plugins="flaudit.scenario_kinds", accept=_kind_plugin)
 
 
 def scenario_kind(name: str) -> ScenarioKind:
@@ -93,8 +110,3 @@ def simulate(config: ScenarioConfig, hooks: FLHooks | None = None, progress: boo
     result.model = getattr(simulation, "model", None)
     return result
 
-
-# Recorded federations (a Flower run's recording, replayed; needs no Flower):
-from flaudit.integrations.flower.replay import register as _register_recorded  # noqa: E402
-
-_register_recorded()

@@ -201,3 +201,19 @@ def test_ray_backed_run_simulation_records_and_leaves_no_process(tmp_path):
             break
         time.sleep(1)
     assert not left, f"processes left behind: {left}"
+
+
+def test_unscored_peer_cell_goes_through_the_run_and_the_scorecard(federation, tmp_path):
+    """The canary's curious-client attack on its peers: a cell of risk ``unscored`` (no null
+    ran, no targets to count), not a failed job nor an invalid scorecard."""
+    from flaudit.auditor.cli import main
+
+    app, path = federation
+    config = tmp_path / "audit.toml"
+    text = (APP / "audit.toml").read_text().replace('"runs/flower-app/recording"', json.dumps(str(path)))
+    config.write_text(text[: text.index("[[attack]]")] + '[[attack]]\nname = "peer"\n')
+    assert main(["run", "--config", str(config), "--out", str(tmp_path / "out")]) == 0
+    card = json.loads((tmp_path / "out" / "scorecard.json").read_text())
+    (cell,) = card["cells"]
+    assert cell["status"] == "ok" and cell["runs"][0]["unscored"].startswith("no ground truth")
+    assert "| peer | **unscored** |" in (tmp_path / "out" / "summary.md").read_text()

@@ -179,3 +179,17 @@ def test_example_plugin_package_installs_and_audits(tmp_path):
                for c in ("none", "update_noise")}
     assert leakage["none"] > 0.01 and leakage["update_noise"] <= 0.0, leakage
     assert row_ratio["textures-worst/secagg/row_ratio"]["status"] == "not_applicable"
+
+
+def test_recorded_kind_is_an_entry_point_and_scenarios_import_no_integration():
+    """``recorded`` comes from flaudit's own entry point (group flaudit.scenario_kinds), so
+    scenarios/ names no integration; a plugin kind must be a ScenarioKind."""
+    from flaudit.scenarios.kinds import SCENARIO_KINDS, scenario_kind
+
+    root = Path(__file__).resolve().parents[1] / "scenarios"
+    imports = [p for p in root.rglob("*.py") if "import flaudit.integrations" in (t := p.read_text()) or "from flaudit.integrations" in t]
+    assert not imports
+    assert "recorded" in SCENARIO_KINDS.names() and not SCENARIO_KINDS.is_plugin("recorded")
+    assert scenario_kind("recorded").summary.startswith("a real federation's recorded rounds")
+    with pytest.raises(ConfigError, match="not a flaudit.scenarios.kinds.ScenarioKind"):
+        scenario_kind("flaudit.scenarios.kinds:simulate")

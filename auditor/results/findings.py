@@ -22,7 +22,7 @@ LEAKING = {"low", "medium", "high"}
 
 @dataclass(frozen=True)
 class Finding:
-    """One finding: ``topic`` groups it (leaks, realism, defenses, failures, not applicable),
+    """One finding: ``topic`` groups it (leaks, realism, defenses, settings, failures, not applicable),
     ``headline`` is its first words, ``detail`` the evidence; both plain text."""
 
     topic: str
@@ -123,6 +123,13 @@ def _defenses(view: AuditView) -> Iterable[Finding]:
             yield Finding("defenses", f"{defense}:", "; ".join(lines) + ".")
 
 
+def _settings(view: AuditView) -> Iterable[Finding]:
+    """What each scenario's own settings say (a recorded federation's DP mods and accounting)."""
+    for scenario in view.scenarios:
+        for found in scenario.settings_findings:
+            yield Finding("settings", f"{scenario.label}, {found.code} ({found.severity}):", found.message)
+
+
 def _grouped(cells: Iterable[CellFigures], why) -> dict[str, list[CellFigures]]:
     groups: dict[str, list[CellFigures]] = defaultdict(list)
     for cell in cells:
@@ -148,9 +155,10 @@ def _not_applicable(view: AuditView) -> Iterable[Finding]:
         yield Finding("not applicable", f"{', '.join(attacks)}: not applicable in {len(group)} cell(s):", f"{reason}.")
 
 
-TOPICS = (_leaks, _realism, _defenses, _failures, _not_applicable)
+TOPICS = (_leaks, _realism, _defenses, _settings, _failures, _not_applicable)
 
 
 def findings(view: AuditView) -> list[Finding]:
-    """Every finding, leaks first, then realism, defenses, failures and cells that did not apply."""
+    """Every finding, leaks first, then realism, defenses, the scenarios' settings, failures and
+    cells that did not apply."""
     return [finding for topic in TOPICS for finding in topic(view)]

@@ -299,10 +299,19 @@ def _without_seed(config: Any) -> dict[str, Any]:
 
 
 def _scenario_entry(spec: ScenarioSpec, plan: AuditPlan) -> dict[str, Any]:
+    """A scenario with the columns and rows it ran, and what its kind finds in its own settings
+    (a recorded federation's DP)."""
+    from flaudit.scenarios.kinds import scenario_kind  # building only: reading a scorecard stays light
+
     matrix = plan.matrix(spec.label)
     entry = {"label": spec.label, "config": _without_seed(spec.config), "seeds": list(spec.seeds),
              "defenses": list(matrix.defenses), "attacks": list(matrix.attacks)}
-    return entry if spec.description is None else {**entry, "description": spec.description}
+    if spec.description is not None:
+        entry["description"] = spec.description
+    found = scenario_kind(spec.config.kind).findings(spec.config)
+    if found:
+        entry["findings"] = found
+    return entry
 
 
 def build(plan: AuditPlan, results: Mapping[str, Mapping[str, Any]], manifest: Mapping[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from flaudit.auditor.results.findings import findings
 from flaudit.auditor.results.view import AuditView, ScenarioInfo, UtilityFigures
 from flaudit.auditor.running.config import BASELINE
 
-SUMMARY_TOPICS = ("leaks", "realism", "defenses", "failures")  # not-applicable reasons are in the report
+SUMMARY_TOPICS = ("leaks", "realism", "defenses", "settings", "failures")  # not-applicable reasons are in the report
 SUMMARY_FINDINGS = 8
 _MARKDOWN = re.compile(r"([\\`*|<>\[\]~])|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
 

@@ -14,6 +14,16 @@ from flaudit.auditor.running.config import BASELINE
 
 
 @dataclass(frozen=True)
+class SettingsFinding:
+    """What a scenario's kind finds in its own settings before any attack (a recorded Flower
+    federation's DP settings): ``severity`` info or warning."""
+
+    code: str
+    severity: str
+    message: str
+
+
+@dataclass(frozen=True)
 class ScenarioInfo:
     label: str
     description: str | None
@@ -21,6 +31,7 @@ class ScenarioInfo:
     seeds: tuple[int, ...]
     defenses: tuple[str, ...]
     attacks: tuple[str, ...]
+    settings_findings: tuple[SettingsFinding, ...] = ()
 
     @property
     def training(self) -> str:
@@ -68,7 +79,8 @@ class AuditView:
         attacks = tuple(AttackInfo(a["label"], a["name"], a["threat_model_text"]) for a in audit["attacks"])
         scenarios = tuple(
             ScenarioInfo(s["label"], s.get("description"), s["config"], tuple(s["seeds"]),
-                         tuple(s.get("defenses", defenses)), tuple(s.get("attacks", [a.label for a in attacks])))
+                         tuple(s.get("defenses", defenses)), tuple(s.get("attacks", [a.label for a in attacks])),
+                         tuple(SettingsFinding(f["code"], f["severity"], f["message"]) for f in s.get("findings", [])))
             for s in audit["scenarios"]
         )
         cells = {c["id"]: CellFigures.of(c) for c in document["cells"]}

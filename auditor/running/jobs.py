@@ -288,7 +288,7 @@ class Unit:
             try:
                 private_copy = i != last[job.attacked_round]
                 result = job.attack_on(world, records[job.attacked_round], knowledge, attack, private_copy)
-                result["timing"] = {**timing, "null_seconds": result.pop("null_seconds")}
+                result["timing"] = {**timing, "null_seconds": result.pop("null_seconds", 0.0)}  # unscored: no null ran
             except Exception as exc:  # noqa: BLE001 - one failing attack must not take the others down
                 result = error_result(exc, plugin_origin(attack))
             yield offset + i, {**result, "seconds": time.perf_counter() - began}
@@ -301,16 +301,22 @@ def diverged_result(job: AttackJob, world: FLWorld, round_index: int, exc: Inval
     """The attack's failure, not an error of the audit: the model it crafted made a client's
     local training produce non-finite values (a real client would notice), so it recovered
     none of the samples of the clients it was sent to (the roster)."""
-    targets = sum(len(client.train_indices) for client in world.clients)
+    roster = {client.client_id: len(client.train_indices) for client in world.clients}
+    return failed_result(job, DIVERGED, {"diverged_in_round": round_index, "invalid_update": str(exc)}, roster)
+
+
+def failed_result(job: AttackJob, failure: str, details: dict[str, Any], roster: dict[int, int]) -> dict[str, Any]:
+    """A crafted-model attack's failure (``failure``: why, e.g. ``DIVERGED``): it recovered none
+    of the samples of ``roster`` (client id -> samples), and a null would recover none either."""
     return {
         "status": "ok",
-        "metrics": {"recovery_rate": 0.0, "n_recovered": 0, "n_targets": targets, "n_reconstructed": 0, "attack_seconds": 0.0,
-                    "null_recovery_rate": 0.0, "n_null_recovered": 0, "leakage": 0.0},
+        "metrics": {"recovery_rate": 0.0, "n_recovered": 0, "n_targets": sum(roster.values()), "n_reconstructed": 0,
+                    "attack_seconds": 0.0, "null_recovery_rate": 0.0, "n_null_recovered": 0, "leakage": 0.0},
         "null": None,  # it returned nothing, and so would any null
         "rated_by": ["images"],
         "attacked_round": job.attacked_round,
-        "target_clients": [client.client_id for client in world.clients],
-        "diagnostics": {"failure": DIVERGED, "diverged_in_round": round_index, "invalid_update": str(exc)},
+        "target_clients": sorted(roster),
+        "diagnostics": {"failure": failure, **details},
         "test_accuracy_at_attack": None,
     }
 

@@ -5,6 +5,12 @@ study's CNN, N clients on a Dirichlet split, FedAvg. The server wraps its strate
 The data split and the model's initialisation are flaudit's (``build_world`` of the same
 scenario table as ``audit-simulated.toml``), so flaudit can simulate this very federation and
 the two audits compare cell by cell. Everything else is ordinary Flower code.
+
+``FLOWER_APP_FEDERATION=red-team`` picks the red-team federation (redteam_app.py): a few
+samples per client and one local step (the FedSGD regime the crafted-model attacks were
+published for), the MLP whose hidden layer Scale-MIA crafts. This app lets the server choose
+the architecture (``received_model``), which RTF's threat model needs; an app that builds its
+own model is immune to RTF's imprint block (its clients reject the crafted state dict).
 """
 
 from __future__ import annotations
@@ -22,13 +28,19 @@ from flwr.serverapp.strategy import FedAvg
 
 from flaudit.integrations.flower import log_batch
 from flaudit.integrations.flower.canary import CanaryMod
+from flaudit.integrations.flower.crafting import ARCHITECTURE, MODULE_KEY, module_from_blob
 from flaudit.integrations.flower.strategy import RecordingStrategy
 from flaudit.scenarios.client import make_loader
 from flaudit.scenarios.scenario import FLWorld, ScenarioConfig, build_world, derive_seed
 
 RECORDING = os.environ.get("FLOWER_APP_RECORDING", "runs/flower-app/recording")
-FEDERATION = dict(dataset="digits", model="cnn", clients=6, rounds=2, local_epochs=1, batch_size=16, lr=0.05,
-                  momentum=0.9, partition="dirichlet", alpha=0.5, auxiliary_samples=100, seed=0)
+FEDERATIONS = {
+    "honest": dict(dataset="digits", model="cnn", clients=6, rounds=2, local_epochs=1, batch_size=16, lr=0.05,
+                   momentum=0.9, partition="dirichlet", alpha=0.5, auxiliary_samples=100, seed=0),
+    "red-team": dict(dataset="digits", model="mlp", clients=4, rounds=2, local_epochs=1, batch_size=32, lr=0.05,
+                     momentum=0.9, partition="iid", auxiliary_samples=200, max_samples=200 + 4 * 32, seed=0),
+}
+FEDERATION = FEDERATIONS[os.environ.get("FLOWER_APP_FEDERATION", "honest")]
 
 
 @functools.cache
@@ -55,14 +67,24 @@ def train_locally(model: nn.Module, partition: int, server_round: int, config: C
     return len(indices)
 
 
+def received_model(content: RecordDict) -> nn.Module:
+    """The model to train: the architecture the server sent, if it sent one (this app trusts the
+    server with it), else the app's own; then the server's arrays."""
+    if ARCHITECTURE in content.config_records:
+        model = module_from_blob(content.config_records[ARCHITECTURE][MODULE_KEY])
+    else:
+        model = federation().new_model()
+    model.load_state_dict(content["arrays"].to_torch_state_dict())
+    return model
+
+
 client_app = ClientApp(mods=[CanaryMod(RECORDING, partition_id=0)])
 
 
 @client_app.train()
 def train(message: Message, context: Context) -> Message:
     torch.set_num_threads(1)
-    model = federation().new_model()
-    model.load_state_dict(message.content["arrays"].to_torch_state_dict())
+    model = received_model(message.content)
     config = message.content["config"]
     examples = train_locally(model, int(context.node_config["partition-id"]), int(config["server-round"]), config)
     content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord({"num-examples": examples})})

@@ -21,8 +21,9 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
+from flaudit.integrations.flower.delegating import DelegatingLegacyStrategy
 from flaudit.integrations.flower.recording import Arrays, PendingNode, RecordingWriter, TrainingKeys
-from flaudit.integrations.flower.settings import describe_chain
+from flaudit.integrations.flower.settings import privacy_spent, recorded_settings
 
 
 def parameters_numpy(parameters: Parameters) -> Arrays:
@@ -34,16 +35,13 @@ def hides_updates(results: list[tuple[ClientProxy, FitRes]]) -> bool:
     return len(results) > 1 and all(res.parameters is results[0][1].parameters for _, res in results)
 
 
-class LegacyRecordingStrategy(Strategy):
+class LegacyRecordingStrategy(DelegatingLegacyStrategy):
     def __init__(self, inner: Strategy, out_dir: str | Path, num_rounds: int, training_keys: TrainingKeys = TrainingKeys(),
-                 training_defaults: Mapping[str, Any] | None = None) -> None:
+                 training_defaults: Mapping[str, Any] | None = None, client_app: Any = None) -> None:
         self.inner = inner
         self.num_rounds = num_rounds  # the legacy API has no end-of-run call: the last round finishes the recording
         self.writer = RecordingWriter(out_dir, "legacy", type(inner).__name__, flwr.__version__, training_keys,
-                                      training_defaults, describe_chain(inner))
-
-    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
-        return self.inner.initialize_parameters(client_manager)
+                                      training_defaults, recorded_settings(inner, client_app))
 
     def configure_fit(self, server_round: int, parameters: Parameters, client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
         pairs = self.inner.configure_fit(server_round, parameters, client_manager)
@@ -60,17 +58,9 @@ class LegacyRecordingStrategy(Strategy):
             node.num_examples, node.metrics = int(res.num_examples), dict(res.metrics)
             node.reply = None if hidden else parameters_numpy(res.parameters)
         parameters, metrics = self.inner.aggregate_fit(server_round, results, failures)
+        self.writer.update_settings(privacy_spent=privacy_spent(self.inner))
         aggregate = None if parameters is None else parameters_numpy(parameters)
         self.writer.aggregated(server_round, "aggregate_only" if hidden else "per_client", aggregate)
         if server_round >= self.num_rounds:
             self.writer.finish()
         return parameters, metrics
-
-    def configure_evaluate(self, server_round: int, parameters: Parameters, client_manager: ClientManager) -> list:
-        return self.inner.configure_evaluate(server_round, parameters, client_manager)
-
-    def aggregate_evaluate(self, server_round: int, results: list, failures: list) -> tuple[float | None, dict]:
-        return self.inner.aggregate_evaluate(server_round, results, failures)
-
-    def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict] | None:
-        return self.inner.evaluate(server_round, parameters)

@@ -37,6 +37,7 @@ FORMAT = "flaudit.flower-recording"
 VERSION = 1
 MANIFEST = "recording.json"
 CANARY_DIR = "canary"
+MAX_INLINE_BYTES = 1024  # a config value of more bytes is recorded by digest
 
 Arrays = dict[str, np.ndarray]
 Aggregation = Literal["per_client", "aggregate_only"]
@@ -150,10 +151,13 @@ def _save_json(path: Path, document: Any) -> None:
 
 
 def jsonable(value: Any) -> Any:
-    """A config or metric value as JSON (Flower's records hold scalars, strings, bytes, lists)."""
+    """A config or metric value as JSON (Flower's records hold scalars, strings, bytes, lists);
+    bytes as hex, or past ``MAX_INLINE_BYTES`` as their sha256 and size."""
     if isinstance(value, (list, tuple)):
         return [jsonable(v) for v in value]
-    if isinstance(value, bytes):
+    if isinstance(value, bytes):  # a large blob (a pickled architecture the server sent) by its digest only
+        if len(value) > MAX_INLINE_BYTES:
+            return {"bytes_sha256": hashlib.sha256(value).hexdigest(), "size": len(value)}
         return {"bytes_hex": value.hex()}
     if isinstance(value, np.generic):
         return value.item()
@@ -227,6 +231,10 @@ class RecordingWriter:
             })
         self.manifest["rounds"].append(entry)
         self._flush()
+
+    def update_settings(self, **settings: Any) -> None:
+        """Adds to the recorded settings (written with the next round or ``finish``)."""
+        self.manifest["settings"].update({k: jsonable(v) for k, v in settings.items()})
 
     def finish(self) -> None:
         self.manifest["finished"] = True

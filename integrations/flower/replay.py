@@ -19,22 +19,25 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
 from flaudit.core.errors import ConfigError
+from flaudit.integrations.flower.dp import findings
 from flaudit.integrations.flower.recording import (
-    Arrays, Recording, RecordedRound, RecordingError, load_recording, read_manifest,
+    Arrays, Recording, RecordedRound, RecordingError, TrainingKeys, load_recording, read_manifest,
 )
 from flaudit.scenarios.client import accuracy, train_client
 from flaudit.scenarios.datasets import DataOptions, DatasetSplits, ImageDataset, load_dataset
 from flaudit.scenarios.fedavg import RoundRecord
 from flaudit.scenarios.hooks import FLHooks, WeightedMeanAggregator
+from flaudit.scenarios.kinds import ScenarioKind
 from flaudit.scenarios.scenario import ClientData, FLWorld, ScenarioConfig, derive_seed
 from flaudit.scenarios.updates import ParamLayout
-from flaudit.scenarios.views import ClientTrace, ClientUpload, ServerView, TrainingSpec
+from flaudit.scenarios.views import ClientTrace, ClientUpload, PeerView, ServerView, TrainingSpec
 
 TRAINING_FIELDS = ("lr", "epochs", "batch_size", "momentum", "weight_decay")
 
@@ -49,7 +52,12 @@ class RecordedWorld(FLWorld):
 def training_spec(recording: Recording, config: dict, fallback: TrainingSpec) -> TrainingSpec:
     """The local training a node was told to run: its config's values, else the app's fixed
     ``training_defaults``, else the scenario's."""
-    keys, defaults = recording.training_keys, recording.training_defaults
+    return spec_from_config(config, recording.training_keys, recording.training_defaults, fallback)
+
+
+def spec_from_config(config: Mapping[str, Any], keys: TrainingKeys, defaults: Mapping[str, Any],
+                     fallback: TrainingSpec) -> TrainingSpec:
+    """The ``TrainingSpec`` a config the server sent names (``keys``), else ``defaults``, else ``fallback``."""
     values = {}
     for name in TRAINING_FIELDS:
         value = config.get(getattr(keys, name), defaults.get(name, getattr(fallback, name)))
@@ -241,12 +249,14 @@ class RecordedSimulation:
                            accuracy(after, test.images, test.labels), world.data.train)
 
 
-def register() -> None:
-    from flaudit.scenarios.kinds import SCENARIO_KINDS, ScenarioKind
-    from flaudit.scenarios.views import PeerView
+def recorded_findings(config: ScenarioConfig) -> list[dict[str, Any]]:
+    """The recorded federation's DP settings audited (``dp.findings``) over the replayed rounds."""
+    manifest = read_manifest(config.recording)
+    rounds = manifest["rounds"][: config.rounds]
+    nodes = len({n["node_id"] for r in manifest["rounds"] for n in r["nodes"]})
+    return [f.as_dict() for f in findings(manifest["settings"], len(rounds), nodes)]
 
-    if "recorded" not in SCENARIO_KINDS:
-        SCENARIO_KINDS.register("recorded", "a real federation's recorded rounds (flaudit.integrations.flower)")(
-            ScenarioKind(build_recorded_world, RecordedSimulation, frozenset({ServerView, PeerView}), rejects_defenses,
-                         refuses)
-        )
+
+# The kind, declared as the entry point ``recorded`` of group ``flaudit.scenario_kinds`` (setup.py).
+RECORDED = ScenarioKind(build_recorded_world, RecordedSimulation, frozenset({ServerView, PeerView}), rejects_defenses,
+                        refuses, "a real federation's recorded rounds (flaudit.integrations.flower)", recorded_findings)
