@@ -37,7 +37,7 @@ def test_run_writes_everything_and_prints_the_summary(tmp_path, capsys):
     assert main(["run", "--config", _config(tmp_path), "--out", str(out), "--no-progress"]) == 0
     captured = capsys.readouterr()
     assert captured.out.startswith("## flaudit audit: audit")
-    assert "| linear_leakage | **high** 4/4 recovered, null 0/4 · leakage +100.0% |" in captured.out
+    assert "| linear_leakage | **high** 4/4 (null 0) +100.0% |" in captured.out
     assert f"report:    {out / 'report.html'}" in captured.err
     assert {p.name for p in out.iterdir()} == {"scorecard.json", "report.html", "summary.md", "cells", "artifacts", "config.toml",
                                                "run.json", "run.lock"}

@@ -7,7 +7,7 @@ import re
 from typing import Any, Mapping
 
 from flaudit.auditor.results import risk
-from flaudit.auditor.results.cells import CellFigures, counts_text, labels_text, signed_percent
+from flaudit.auditor.results.cells import CellFigures, signed_percent
 from flaudit.auditor.results.findings import findings
 from flaudit.auditor.results.view import AuditView, ScenarioInfo, UtilityFigures
 from flaudit.auditor.running.config import BASELINE
@@ -23,18 +23,21 @@ def _md(value: Any) -> str:
 
 
 def _cell(figures: CellFigures) -> str:
+    """Level, counts against the null and the leakage, in few words (report.html has the rest;
+    a label step another row reports is left out)."""
     if figures.status == "not_applicable":
         return "n/a"
     parts = [f"**{figures.risk}**"]
     if figures.images:
-        parts.append(counts_text(figures.images))
-        if figures.images.leakage:
-            parts.append(f"leakage {signed_percent(figures.images.leakage)}")
-    if figures.labels:
-        parts.append(labels_text(figures.labels))
+        null = "" if figures.images.null_hits is None else f" (null {figures.images.null_hits})"
+        leakage = f" {signed_percent(figures.images.leakage)}" if figures.images.leakage else ""
+        parts.append(f"{figures.images.hits}/{figures.images.trials}{null}{leakage}")
+    if figures.labels and figures.labels.rated:
+        null = "" if figures.labels.null is None else f" (null {100 * figures.labels.null.mean:.0f}%)"
+        parts.append(f"labels {100 * figures.labels.accuracy.mean:.0f}%{null}")
     if figures.failed:
         parts.append(f"{figures.failed} failed")
-    return f"{parts[0]} {' · '.join(parts[1:])}".rstrip()
+    return " ".join(parts)
 
 
 def _accuracy(entry: UtilityFigures | None) -> str:
