@@ -122,3 +122,13 @@ def test_aggregates_count_every_target_and_partial_label_batches_are_not_scored(
     against_fill = psnr(fill[None].expand(2, -1, -1, -1), train.images[1:3])
     assert scores.psnr_mean == pytest.approx((100.0 + float(against_fill.sum())) / 3)
     assert scores.psnr_recovered_mean == 100.0 and scores.label_accuracy is None and scores.n_labels == 2
+
+
+def test_a_label_count_a_little_off_the_batch_is_scored(train):
+    """A count estimated from a Poisson-sampled (DP) batch may miss by a few labels: 7 labels for
+    6 targets are scored (order-free), 4 for 6 are a partial batch and are not."""
+    truth = {0: ClientTrace(0, torch.arange(6), ())}
+    near = score(AttackOutput(torch.empty(0, 1, 8, 8), (0,), labels=torch.cat([train.labels, train.labels[:1]])), train, truth, 20.0)
+    assert near.scores.label_accuracy == pytest.approx(1 - 1 / 13)
+    partial = score(AttackOutput(torch.empty(0, 1, 8, 8), (0,), labels=train.labels[:4]), train, truth, 20.0)
+    assert partial.scores.label_accuracy is None and partial.scores.n_labels == 4

@@ -98,7 +98,7 @@ def _utility_text(view: AuditView, scenario: str, defense: str) -> str:
     if entry is None or entry.accuracy is None:
         return "utility not measured"
     text = f"test accuracy {entry.accuracy.mean:.3f}"
-    return text + (f" ({-entry.drop.mean:+.3f} vs none)" if entry.drop is not None else "")
+    return text + (f" ({round(-entry.drop.mean, 3) + 0.0:+.3f} vs none)" if entry.drop is not None else "")
 
 
 def _defenses(view: AuditView) -> Iterable[Finding]:
@@ -112,9 +112,11 @@ def _defenses(view: AuditView) -> Iterable[Finding]:
                 continue
             stopped = [a for a, c in ran.items() if c.risk == "none"]
             still = [f"{a} {evidence(c)}" for a, c in ran.items() if c.risk in LEAKING]
+            unscored = [a for a, c in ran.items() if c.risk not in LEAKING and c.risk != "none"]
             text = f"in {scenario.label} it stops {len(stopped)} of the {len(ran)} attacks that leak without it"
             text += f" ({', '.join(stopped)})" if stopped else ""
             text += f"; still leaking: {'; '.join(still)}" if still else ""
+            text += f"; not scored under it: {', '.join(unscored)}" if unscored else ""
             lines.append(f"{text}; {_utility_text(view, scenario.label, defense)}")
             violated = [c.cell_id for c in (view.cell(scenario.label, defense, a) for a in scenario.attacks) if c and c.dp_violation]
             if violated:
