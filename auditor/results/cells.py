@@ -111,7 +111,11 @@ def counts_text(images: ImageFigures) -> str:
 
 
 def labels_text(labels: LabelFigures) -> str:
+    """``labels 100% (null 50%, leakage +50.0%)``; a label step another row reports shows only
+    its accuracy and where it is rated."""
     text = f"labels {100 * labels.accuracy.mean:.0f}%"
+    if not labels.rated:
+        return text + " (rated in the labels row)"
     if labels.null is not None:
         text += f" (null {100 * labels.null.mean:.0f}%, leakage {signed_percent(labels.leakage)})"
-    return text if labels.rated else text + ", not rated: the labels row reports it"
+    return text

@@ -151,8 +151,10 @@ def _failures(view: AuditView) -> Iterable[Finding]:
 
 
 def _not_applicable(view: AuditView) -> Iterable[Finding]:
+    """Grouped by reason, the attack's own name taken off its front ("ig needs each client's
+    update; ..."), so one defense's reason lists every attack it rules out."""
     cells = [c for c in view.cells.values() if c.status == "not_applicable"]
-    for reason, group in _grouped(cells, lambda c: c.reason or "").items():
+    for reason, group in _grouped(cells, lambda c: (c.reason or "").removeprefix(f"{c.attack} ")).items():
         attacks = sorted({c.attack for c in group})
         yield Finding("not applicable", f"{', '.join(attacks)}: not applicable in {len(group)} cell(s):", f"{reason}.")
 
