@@ -78,10 +78,12 @@ class ProcessExecutor:
         return supervised(workers, self.options).run(units)
 
 
-def _unit_on_ray_worker(unit: Unit, max_memory_gb: float | None) -> list[tuple[int, dict]]:
-    """A Ray task: the unit in a watched child of the Ray worker; (index, result) per job."""
+def _unit_on_ray_worker(unit: Unit, max_memory_gb: float | None) -> Iterator[tuple[int, dict]]:
+    """A streaming Ray task: the unit in a watched child of the Ray worker, yielding (index,
+    result) as each job finishes, so the driver saves every job at once."""
     watched = supervised(1, ExecutorOptions(max_memory_gb=max_memory_gb))
-    return [(unit.jobs.index(job), result) for job, result in watched.run([unit])]
+    for job, result in watched.run([unit]):
+        yield unit.jobs.index(job), result
 
 
 def _import_ray():
@@ -123,18 +125,25 @@ class RayExecutor:
             return
         ray, started = self._start()
         try:
-            remote = ray.remote(num_cpus=self.options.threads)(_unit_on_ray_worker)
-            pending = {remote.remote(unit, self.options.max_memory_gb): unit for unit in units}
+            remote = ray.remote(num_cpus=self.options.threads, num_returns="streaming")(_unit_on_ray_worker)
+            pending = {remote.remote(unit, self.options.max_memory_gb): (unit, set()) for unit in units}
             while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
-                for ref in done:
-                    unit = pending.pop(ref)
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                for stream in ready:
+                    unit, finished = pending[stream]
                     try:
-                        for index, result in ray.get(ref):
-                            yield unit.jobs[index], result
-                    except Exception as exc:  # noqa: BLE001 - a worker or node lost
-                        for job in unit.jobs:
-                            yield job, {**error_result(exc), "seconds": 0.0}
+                        index, result = ray.get(next(stream))
+                    except StopIteration:
+                        del pending[stream]
+                        continue
+                    except Exception as exc:  # noqa: BLE001 - a worker or node lost: its unfinished jobs fail
+                        del pending[stream]
+                        for i, job in enumerate(unit.jobs):
+                            if i not in finished:
+                                yield job, {**error_result(exc), "seconds": 0.0}
+                        continue
+                    finished.add(index)
+                    yield unit.jobs[index], result
         finally:
             if started:
                 ray.shutdown()
