@@ -39,17 +39,19 @@ def test_the_pdf_is_paginated_landscape_with_every_section(pages):
     assert all(img.shape[1] > img.shape[0] for img in images)  # A4 landscape
     assert all((img < 128).mean() > 0.0005 for img in images)  # no blank page: every one carries text
     text = subprocess.run(["pdftotext", str(out / pdf.PDF), "-"], capture_output=True, timeout=60).stdout.decode()
-    for heading in ("Risk matrix", "Reconstructions of the worst cells", "Privacy vs utility", "DP claims checked",
+    for heading in ("Findings", "Risk matrix", "Reconstructions of the worst cells", "Privacy vs utility", "DP claims checked",
                     "What was audited", "Manifest"):
         assert heading in text
 
 
 @needs_tools
 def test_the_matrix_page_keeps_the_risk_colours(pages):
+    """The findings come first; a page after them holds the matrix, printed with exact colours."""
     _, files = pages
-    first = np.asarray(Image.open(files[0]).convert("RGB")).reshape(-1, 3).astype(int)
-    high = np.array([0xEC, 0x8F, 0x86])  # risk.COLOURS["high"], printed with exact colours
-    assert (np.abs(first - high).sum(axis=1) < 30).mean() > 0.001
+    high = np.array([0xEC, 0x8F, 0x86])  # risk.COLOURS["high"]
+    share = [(np.abs(np.asarray(Image.open(f).convert("RGB")).reshape(-1, 3).astype(int) - high).sum(axis=1) < 30).mean()
+             for f in files[:3]]
+    assert max(share) > 0.001, share
 
 
 def test_without_a_browser_report_pdf_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
