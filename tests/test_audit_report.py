@@ -160,3 +160,14 @@ def test_findings_say_what_realism_and_defenses_change():
     [dp] = found["defenses"]
     assert dp.startswith("dp: in worst it stops 1 of the 2 attacks that leak without it (ig); still leaking: rtf medium (3/8 recovered")
     assert "in real it stops 1 of the 1 attacks that leak without it (rtf); test accuracy 0.700 (-0.200 vs none)" in dp
+
+
+def test_the_privacy_utility_plot_reads_rated_leakage_not_resemblance():
+    from flaudit.auditor.results.plots import worst_leakage
+
+    def cell(defense, label_leakage, rated):
+        return {"defense": {"label": defense}, "rated": [{"output": o} for o in rated],
+                "metrics": {"leakage": {"mean": 0.0}, "label_leakage": {"mean": label_leakage}, "psnr_mean": {"mean": 40.0}}}
+
+    cells = [cell("dp", 0.5, ["images"]), cell("dp", 0.2, ["images", "labels"])]  # the first: an internal label step
+    assert worst_leakage(cells, "dp", "label_leakage") == 0.2 and worst_leakage(cells, "dp", "leakage") == 0.0
