@@ -60,6 +60,23 @@ def autograd_objective(model, layout, spec, labels, observed):
     return objective
 
 
+def signed_step(objective, x, optimizer):
+    """One IG iteration on images ``x``: their loss(es), the sign of the gradient of their sum,
+    an Adam step, the [0, 1] box."""
+    loss = objective(x)
+    (grad,) = torch.autograd.grad(loss.sum(), x)
+    x.grad = grad.sign()
+    optimizer.step()
+    with torch.no_grad():
+        x.clamp_(0, 1)
+    return loss
+
+
+def synchronize():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 @pytest.mark.parametrize("path", ["functional", "autograd"])
 def test_ig_iteration(benchmark, setting, path):
     name, model, layout, spec, labels, observed = setting
@@ -75,14 +92,8 @@ def test_ig_iteration(benchmark, setting, path):
     benchmark.extra_info.update(role="candidate" if path == "functional" else "reference", label=path)
 
     def iteration():
-        loss = objective(x)
-        (grad,) = torch.autograd.grad(loss, x)
-        x.grad = grad.sign()
-        optimizer.step()
-        with torch.no_grad():
-            x.clamp_(0, 1)
-        if DEVICE.type == "cuda":
-            torch.cuda.synchronize()
+        loss = signed_step(objective, x, optimizer)
+        synchronize()
         return loss
 
     loss = benchmark.pedantic(iteration, rounds=5, warmup_rounds=1, iterations=1)
@@ -136,16 +147,9 @@ def test_ig_restarts(benchmark, size, batch, path):
     benchmark.extra_info.update(role=role, label=path, per_pass=per_pass)
 
     def iteration():
-        for x, optimizer in zip(xs, optimizers):
-            losses = objective(x)
-            (grad,) = torch.autograd.grad(losses.sum(), x)
-            x.grad = grad.sign()
-            optimizer.step()
-            with torch.no_grad():
-                x.clamp_(0, 1)
-        if DEVICE.type == "cuda":
-            torch.cuda.synchronize()
-        return losses
+        losses = [signed_step(objective, x, optimizer) for x, optimizer in zip(xs, optimizers)]
+        synchronize()
+        return torch.cat(losses)
 
     losses = benchmark.pedantic(iteration, rounds=7, warmup_rounds=1, iterations=1)
     assert bool(torch.isfinite(losses).all())

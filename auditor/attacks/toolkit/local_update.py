@@ -93,27 +93,29 @@ def _simulate(
         )
     if labels.shape[0] != n or labels.dim() not in (1, 2):
         raise ConfigError(f"simulate_update: {n} images but labels of shape {tuple(labels.shape)}")
-    if order is None:
-        order = torch.arange(n, device=images.device).expand(epochs, n)
-    if tuple(order.shape) != (epochs, n):
+    if order is not None and tuple(order.shape) != (epochs, n):
         raise ConfigError(f"simulate_update: order must be [{epochs}, {n}], got {tuple(order.shape)}")
 
     start = {name: _batched(p.detach(), restarts) for name, p in model.named_parameters()}
     buffers = {name: _batched(b.detach(), restarts).clone() for name, b in model.named_buffers()}
-    steps = tuple((epoch, batch) for epoch in range(epochs) for batch in order[epoch].split(training.batch_size))
+    batch = training.batch_size
+    in_order = [slice(first, first + batch) for first in range(0, n, batch)]  # views, not gathers
+    steps = tuple((e, b) for e in range(epochs) for b in (in_order if order is None else order[e].split(batch)))
     run = _Run(model, training, steps, images, labels, per_epoch, restarts)
     # a graph w.r.t. the images or soft labels only: the start parameters are constants
     create_graph = create_graph and (images.requires_grad or labels.requires_grad)
     replay = create_graph and len(steps) > GRAPH_STEPS
-    was_training = model.training
-    model.train()
+    evaluating = [module for module in model.modules() if not module.training]
+    for module in evaluating:
+        module.train(True)
     try:
         if replay:
             params = dict(zip(start, _Replay.apply(images, labels, run, start, buffers)))
         else:
             params = run.forward(_State.initial(start, create_graph), buffers, create_graph).params
     finally:
-        model.train(was_training)
+        for module in evaluating:
+            module.train(False)
     start_buffers = dict(model.named_buffers())
     pieces = [
         params[name] - start[name] if is_param else (buffers[name] - start_buffers[name]).float()
@@ -149,6 +151,9 @@ class _State:
         return _State({name: p.detach().requires_grad_(create_graph) for name, p in start.items()}, {})
 
 
+Batch = slice | Tensor  # one local step's samples: a range in the default order, indices in another
+
+
 @dataclass(frozen=True)
 class _Run:
     """The simulated local training as a sequence of steps (epoch, batch indices) over images
@@ -156,22 +161,22 @@ class _Run:
 
     model: nn.Module
     training: TrainingSpec
-    steps: tuple[tuple[int, Tensor], ...]
+    steps: tuple[tuple[int, Batch], ...]
     images: Tensor
     labels: Tensor
     per_epoch: bool
     restarts: int = 0  # R >= 2: images, parameters and buffers have a leading restart dimension
 
-    def batch_of(self, images: Tensor, epoch: int, batch: Tensor) -> Tensor:
-        """Epoch ``epoch``'s images of ``batch`` (per restart when batched)."""
-        if self.restarts:
-            return (images[:, epoch] if self.per_epoch else images)[:, batch]
-        return (images[epoch] if self.per_epoch else images)[batch]
+    def _at(self, epoch: int, batch: Batch) -> tuple:
+        """The index of epoch ``epoch``'s samples ``batch`` in the images (per restart when batched)."""
+        return (slice(None),) * bool(self.restarts) + (epoch,) * self.per_epoch + (batch,)
 
-    def add_batch(self, total: Tensor, epoch: int, batch: Tensor, values: Tensor) -> None:
-        """``batch_of(total, ...) += values``, in place."""
-        target = (total[:, epoch] if self.per_epoch else total) if self.restarts else (total[epoch] if self.per_epoch else total)
-        target.index_add_(1 if self.restarts else 0, batch, values)
+    def batch_of(self, images: Tensor, epoch: int, batch: Batch) -> Tensor:
+        return images[self._at(epoch, batch)]
+
+    def add_batch(self, total: Tensor, epoch: int, batch: Batch, values: Tensor) -> None:
+        """``batch_of(total, ...) += values``, in place (a batch never repeats a sample)."""
+        total[self._at(epoch, batch)] += values
 
     def loss(self, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         """Mean cross-entropy of the batch; batched, the sum over restarts of each one's mean
@@ -278,7 +283,7 @@ class _Backward:
         if self.want_images:
             run.add_batch(self.grad_images, epoch, batch, next(rest))
         if self.want_labels:
-            self.grad_labels.index_add_(0, batch, next(rest))
+            self.grad_labels[batch] += next(rest)
         return _State(new_params, new_velocity)
 
 
