@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from flaudit.auditor.attacks.toolkit.image_priors import total_variation
 from flaudit.auditor.attacks.toolkit import local_update
-from flaudit.auditor.attacks.toolkit.local_update import gradient_distance, parameter_mask, simulate_update
+from flaudit.auditor.attacks.toolkit.local_update import gradient_distance, parameter_mask, piecewise_distance, simulate_update
 from flaudit.scenarios.client import train_client
 from flaudit.core.errors import ConfigError
 from flaudit.scenarios.models import build_model
@@ -103,6 +103,10 @@ def test_distances_and_total_variation():
     assert total_variation(stripes).tolist() == pytest.approx([1.0])  # columns alternate, rows do not
     with pytest.raises(ConfigError, match="unknown gradient distance 'l3'"):
         gradient_distance(a, b, "l3")
+    batch, halves = torch.stack([a, 2 * b, -a]), [2, len(a) - 2]
+    for kind in ("l2", "l1", "cosine"):  # by pieces, one distance per row: as on the whole vectors
+        pieces = piecewise_distance(list(batch.split(halves, 1)), list(b.split(halves)), kind)
+        torch.testing.assert_close(pieces, torch.stack([gradient_distance(row, b, kind) for row in batch]))
 
 
 def test_clear_errors():
@@ -159,7 +163,7 @@ def test_restarts_in_one_pass_are_each_restarts_simulation(name, shape, epochs, 
     images = torch.rand(3, *((epochs,) if epochs > 1 else ()), 8, *shape, dtype=dtype, requires_grad=True)
     labels = torch.randint(10, (8,))
     weights = torch.randn(sum(s.numel() for s in layout.shapes), dtype=dtype)
-    batched = local_update.simulate_updates(model, layout, spec, images, labels)
+    batched = torch.cat(local_update.simulate_updates(model, layout, spec, images, labels), 1)
     (batched_grad,) = torch.autograd.grad((batched @ weights).sum(), images)
     for r in range(3):
         own = images.detach()[r].clone().requires_grad_()

@@ -25,9 +25,7 @@ from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput, NullCo
 from flaudit.auditor.attacks.toolkit.honest_server import HonestServerAttack
 from flaudit.auditor.attacks.label_inference import inferred_labels
 from flaudit.auditor.attacks.toolkit.image_priors import total_variation
-from flaudit.auditor.attacks.toolkit.local_update import (
-    Distance, gradient_distance, parameter_mask, restarts_per_pass, simulate_updates,
-)
+from flaudit.auditor.attacks.toolkit.local_update import Distance, piecewise_distance, restarts_per_pass, simulate_updates
 from flaudit.core.tables import bounded
 from flaudit.scenarios.updates import ParamLayout
 from flaudit.scenarios.views import ServerView, TrainingSpec
@@ -108,16 +106,17 @@ def update_objective(
     order: Tensor | None = None,
 ) -> Callable[[Tensor], Tensor]:
     """The matching loss of R batches of dummy images ``[R, ...]`` (one loss each): distance
-    of their simulated update to ``observed`` (parameter entries only) + TV + an optional extra
-    prior (of one batch)."""
-    mask = parameter_mask(layout).to(observed.device)
-    mask = None if bool(mask.all()) else mask.to(observed.dtype)  # 0/1 floats: no conversion per call
-    observed = observed if mask is None else observed * mask  # masked once, not per call
+    of their simulated update to ``observed`` over the parameter entries (``piecewise_distance``,
+    so BatchNorm statistics are skipped, not masked) + TV + an optional extra prior (of one
+    batch)."""
+    kept = [i for i, is_param in enumerate(layout.is_parameter) if is_param]
+    pieces = observed.split([shape.numel() for shape in layout.shapes])
+    observed_params = [pieces[i] for i in kept]
 
     def objective(images: Tensor) -> Tensor:
         candidate = simulate_updates(model, layout, training, images, labels, order=order)
-        candidate = candidate if mask is None else candidate * mask
-        loss = gradient_distance(candidate, observed, distance) + tv_weight * total_variation(images)
+        loss = piecewise_distance([candidate[i] for i in kept], observed_params, distance)
+        loss = loss + tv_weight * total_variation(images)
         return loss + torch.stack([regularizer(batch) for batch in images]) if regularizer is not None else loss
 
     return objective

@@ -53,20 +53,22 @@ def simulate_update(
     updated exactly as the real client's are, without gradient (they are detached statistics
     in the real client too).
     """
-    return _simulate(model, layout, training, images, labels, 0, create_graph, order)
+    return torch.cat(_simulate(model, layout, training, images, labels, 0, create_graph, order))
 
 
 def simulate_updates(
     model: nn.Module, layout: ParamLayout, training: TrainingSpec, images: Tensor, labels: Tensor, *,
     order: Tensor | None = None,
-) -> Tensor:
+) -> list[Tensor]:
     """``simulate_update`` of R dummy datasets at once (an attack's restarts): ``images``
-    ``[R, N, C, H, W]`` (or ``[R, E, N, C, H, W]``), the same ``labels`` and ``order`` for all;
-    returns ``[R, P]``, each row its restart's ``simulate_update``. One pass: the model runs
-    under ``torch.func.vmap`` with per-restart parameters and BatchNorm statistics, so the
-    per-operation cost that dominates small models is paid once (``restarts_per_pass``)."""
+    ``[R, N, C, H, W]`` (or ``[R, E, N, C, H, W]``), the same ``labels`` and ``order`` for all.
+    Returns the update per layout entry, ``[R, numel]`` each (``torch.cat(pieces, 1)`` is
+    ``[R, P]``, each row its restart's ``simulate_update``; ``piecewise_distance`` reads the
+    pieces without that copy). One pass: the model runs under ``torch.func.vmap`` with
+    per-restart parameters and BatchNorm statistics, so the per-operation cost that dominates
+    small models is paid once (``restarts_per_pass``)."""
     if images.shape[0] == 1:
-        return simulate_update(model, layout, training, images[0], labels, order=order)[None]
+        return [piece[None] for piece in _simulate(model, layout, training, images[0], labels, 0, True, order)]
     return _simulate(model, layout, training, images, labels, images.shape[0], True, order)
 
 
@@ -81,8 +83,9 @@ def _simulate(
     model: nn.Module, layout: ParamLayout, training: TrainingSpec, images: Tensor, labels: Tensor, restarts: int,
     create_graph: bool, order: Tensor | None,
 ) -> Tensor:
-    """``simulate_update`` (``restarts`` 0) or ``simulate_updates`` (``restarts`` R >= 2: every
-    tensor of the simulation has a leading restart dimension)."""
+    """The update's pieces (layout order) of ``simulate_update`` (``restarts`` 0) or
+    ``simulate_updates`` (``restarts`` R >= 2: every tensor of the simulation has a leading
+    restart dimension)."""
     epochs, lead = training.epochs, 1 if restarts else 0
     n, per_epoch = images.shape[-4] if images.dim() >= 4 else 0, images.dim() - lead == 5
     if images.dim() - lead not in (4, 5) or n == 0 or (per_epoch and images.shape[lead] != epochs):
@@ -122,7 +125,7 @@ def _simulate(
         for name, is_param in zip(layout.names, layout.is_parameter)
     ]
     shape = (restarts, -1) if restarts else (-1,)
-    return torch.cat([p.reshape(shape) for p in pieces], -1)
+    return [p.reshape(shape) for p in pieces]
 
 
 def _batched(tensor: Tensor, restarts: int) -> Tensor:
@@ -334,14 +337,28 @@ DISTANCES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 def gradient_distance(candidate: Tensor, observed: Tensor, kind: str = "cosine", mask: Tensor | None = None) -> Tensor:
     """Distance ``kind`` (a key of ``DISTANCES``) between two flat updates, over the entries
     ``mask`` selects (all by default; a bool mask or its 0/1 float copy, which saves a
-    conversion per call). ``candidate`` may be a batch ``[R, P]`` (one distance per row)."""
+    conversion per call)."""
     if kind not in DISTANCES:
         raise ConfigError(f"unknown gradient distance {kind!r}; choose one of {sorted(DISTANCES)}")
-    if observed.dim() != 1 or candidate.shape[-1:] != observed.shape:
+    if candidate.shape != observed.shape:
         raise ConfigError(f"gradient_distance: shapes differ, {tuple(candidate.shape)} vs {tuple(observed.shape)}")
     if mask is not None:  # zeroed entries add nothing to any distance; cheaper than indexing
         candidate, observed = candidate * mask, observed * mask
     return DISTANCES[kind](candidate, observed)
+
+
+def piecewise_distance(candidate: list[Tensor], observed: list[Tensor], kind: str = "cosine") -> Tensor:
+    """``gradient_distance`` of the concatenated pieces ``[R, n_i]`` and ``[n_i]`` (one distance
+    per row), without concatenating them: each piece is read once, nothing update-sized is
+    written beyond what the backward pass needs."""
+    if kind not in DISTANCES:
+        raise ConfigError(f"unknown gradient distance {kind!r}; choose one of {sorted(DISTANCES)}")
+    if kind != "cosine":
+        return sum(DISTANCES[kind](c, o) for c, o in zip(candidate, observed))
+    dot = sum(c @ o for c, o in zip(candidate, observed))
+    norm = torch.stack([torch.linalg.vector_norm(c, dim=-1) for c in candidate]).square().sum(0).sqrt()
+    observed_norm = torch.stack([torch.linalg.vector_norm(o) for o in observed]).square().sum().sqrt()
+    return 1 - dot / (norm * observed_norm).clamp(min=1e-30)
 
 
 def parameter_mask(layout: ParamLayout) -> Tensor:
