@@ -82,7 +82,7 @@ def restarts_per_pass(model: nn.Module) -> int:
 def _simulate(
     model: nn.Module, layout: ParamLayout, training: TrainingSpec, images: Tensor, labels: Tensor, restarts: int,
     create_graph: bool, order: Tensor | None,
-) -> Tensor:
+) -> list[Tensor]:
     """The update's pieces (layout order) of ``simulate_update`` (``restarts`` 0) or
     ``simulate_updates`` (``restarts`` R >= 2: every tensor of the simulation has a leading
     restart dimension)."""
