@@ -16,6 +16,7 @@ import torch
 from flaudit.auditor.attacks.registry import ATTACKS
 from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput
 from flaudit.auditor.attacks.toolkit.generators import DecoderSpec, ImageGenerator, trained_decoder
+from flaudit.auditor.attacks.toolkit.preparation import Preparations
 from flaudit.auditor.attacks.ggl import Ggl, GglParams
 from flaudit.auditor.attacks.grnn import Grnn, GrnnParams, LayerWasserstein
 from flaudit.auditor.metrics.measures import psnr
@@ -94,14 +95,15 @@ def test_ggl_search_lowers_the_gradient_distance(digits):
     assert output.labels.tolist() == world.data.train.labels[world.clients[0].train_indices[:1]].tolist()
 
 
-def test_trained_generator_is_cached_per_data_and_spec(digits):
+def test_trained_generator_is_prepared_once_per_data_and_spec(digits):
     world, _ = digits
+    prepared, cpu = Preparations(), torch.device("cpu")
     spec = DecoderSpec(latent_dim=4, width=8, steps=1, batch_size=8, lr=1e-3, seed=0)
-    first = trained_decoder(world.auxiliary, spec, torch.device("cpu"))
-    assert trained_decoder(world.auxiliary, spec, torch.device("cpu")) is first
+    first = trained_decoder(prepared, world.auxiliary, spec, cpu)
+    assert trained_decoder(prepared, world.auxiliary, spec, cpu) is first
     other_seed = DecoderSpec(latent_dim=4, width=8, steps=1, batch_size=8, lr=1e-3, seed=1)
-    assert trained_decoder(world.auxiliary, other_seed, torch.device("cpu")) is not first
-    assert trained_decoder(world.auxiliary.subset(range(50)), spec, torch.device("cpu")) is not first
+    assert trained_decoder(prepared, world.auxiliary, other_seed, cpu) is not first
+    assert trained_decoder(prepared, world.auxiliary.subset(range(50)), spec, cpu) is not first
 
 
 def test_ggl_needs_auxiliary_data_unless_its_generator_is_untrained():

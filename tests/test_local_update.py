@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from flaudit.auditor.attacks.toolkit.image_priors import total_variation
 from flaudit.auditor.attacks.toolkit import local_update
-from flaudit.auditor.attacks.toolkit.local_update import gradient_distance, parameter_mask, simulate_update
+from flaudit.auditor.attacks.toolkit.local_update import gradient_distance, parameter_mask, piecewise_distance, simulate_update
 from flaudit.scenarios.client import train_client
 from flaudit.core.errors import ConfigError
 from flaudit.scenarios.models import build_model
@@ -103,6 +103,10 @@ def test_distances_and_total_variation():
     assert total_variation(stripes).tolist() == pytest.approx([1.0])  # columns alternate, rows do not
     with pytest.raises(ConfigError, match="unknown gradient distance 'l3'"):
         gradient_distance(a, b, "l3")
+    batch, halves = torch.stack([a, 2 * b, -a]), [2, len(a) - 2]
+    for kind in ("l2", "l1", "cosine"):  # by pieces, one distance per row: as on the whole vectors
+        pieces = piecewise_distance(list(batch.split(halves, 1)), list(b.split(halves)), kind)
+        torch.testing.assert_close(pieces, torch.stack([gradient_distance(row, b, kind) for row in batch]))
 
 
 def test_clear_errors():
@@ -141,6 +145,32 @@ def test_replayed_training_has_the_full_graphs_gradient(name, shape, monkeypatch
     for a, b in zip(full_grads, replayed_grads):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-7)
         assert a.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name, shape, epochs, graph_steps, dtype", [
+    ("cnn", (1, 8, 8), 1, 4, torch.float32), ("cnn", (1, 8, 8), 2, 1, torch.float32),
+    ("resnet18", (3, 16, 16), 2, 4, torch.float64),  # float32 rounding grows chaotically through its BatchNorms
+])
+def test_restarts_in_one_pass_are_each_restarts_simulation(name, shape, epochs, graph_steps, dtype, monkeypatch):
+    """``simulate_updates`` (vmap over restarts, per-restart BatchNorm statistics; also
+    replayed, and with per-epoch images) gives each restart the update and image gradient of its
+    own ``simulate_update``."""
+    monkeypatch.setattr(local_update, "GRAPH_STEPS", graph_steps)
+    torch.manual_seed(5)
+    model = build_model(name, shape, 10).to(dtype)
+    layout = ParamLayout.of(model)
+    spec = TrainingSpec(epochs=epochs, batch_size=4, lr=0.01, momentum=0.9, weight_decay=5e-4)
+    images = torch.rand(3, *((epochs,) if epochs > 1 else ()), 8, *shape, dtype=dtype, requires_grad=True)
+    labels = torch.randint(10, (8,))
+    weights = torch.randn(sum(s.numel() for s in layout.shapes), dtype=dtype)
+    batched = torch.cat(local_update.simulate_updates(model, layout, spec, images, labels), 1)
+    (batched_grad,) = torch.autograd.grad((batched @ weights).sum(), images)
+    for r in range(3):
+        own = images.detach()[r].clone().requires_grad_()
+        update = simulate_update(model, layout, spec, own, labels)
+        (grad,) = torch.autograd.grad(update @ weights, own)
+        torch.testing.assert_close(batched[r].detach(), update.detach(), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(batched_grad[r], grad, rtol=1e-3, atol=1e-6 * float(grad.abs().max()))
 
 
 PEAK_RSS = """

@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Sequence
 import torch
 
 from flaudit.auditor.attacks.toolkit import nulls as guess
+from flaudit.auditor.attacks.toolkit.preparation import IN_PROCESS, Preparations
 from flaudit.core.component import Component
 from flaudit.defenses.base import Defense
 from flaudit.scenarios.datasets import ImageDataset
@@ -42,7 +43,8 @@ class ThreatModel(str, Enum):
 
 @dataclass(frozen=True)
 class AttackerKnowledge:
-    """What the attacker knows besides its view: public facts and its own auxiliary data."""
+    """What the attacker knows besides its view: public facts and its own auxiliary data; and
+    ``prepared``, what it built from them (shared by every cell of a run that builds the same)."""
 
     image_shape: tuple[int, int, int]
     num_classes: int
@@ -51,9 +53,10 @@ class AttackerKnowledge:
     auxiliary: ImageDataset | None
     device: torch.device
     seed: int
+    prepared: Preparations = field(default=IN_PROCESS, compare=False, repr=False)
 
     @classmethod
-    def of(cls, world: FLWorld) -> "AttackerKnowledge":
+    def of(cls, world: FLWorld, prepared: Preparations = IN_PROCESS) -> "AttackerKnowledge":
         train, cfg = world.data.train, world.config
         return cls(
             image_shape=train.image_shape,
@@ -63,6 +66,7 @@ class AttackerKnowledge:
             auxiliary=world.auxiliary if len(world.auxiliary_indices) else None,
             device=resolve_device(cfg.device),
             seed=cfg.seed,
+            prepared=prepared,
         )
 
 

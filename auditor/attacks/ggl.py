@@ -11,8 +11,8 @@ hyperparameters) plus GGL's latent regulariser, which keeps the latent's mean sq
 prior's 1 so the image stays on the generator's manifold.
 
 The generator is a label-conditional VAE decoder trained on ``knowledge.auxiliary`` the first
-time it is needed (cached per process: every round and defense of an audit shares it); it is
-not trained in ``prepare``, because an attack that overrides ``prepare`` is taken to shape the
+time it is needed (a preparation: every round and defense of an audit shares it); it is not
+trained in ``prepare``, because an attack that overrides ``prepare`` is taken to shape the
 server's model and gets a simulation of its own. ``pretrained_generator=False`` is the study's
 control (section IV-J): the same search through the same decoder at its random initialisation,
 which tells how much of GGL's result the gradient, rather than the prior, is responsible for.
@@ -97,7 +97,7 @@ class Ggl(HonestServerAttack):
         if knowledge.auxiliary is None:
             raise ConfigError("ggl trains its generator on the attacker's auxiliary data: set scenario.auxiliary_samples")
         spec = DecoderSpec(p.latent_dim, p.width, p.prior_steps, p.prior_batch, p.prior_lr, seed)
-        return trained_decoder(knowledge.auxiliary, spec, device)
+        return trained_decoder(knowledge.prepared, knowledge.auxiliary, spec, device)
 
     def prior_null(self, view: ServerView, context: NullContext) -> torch.Tensor | None:
         """The generator with no update to match: its image at the latent origin (where the

@@ -5,10 +5,10 @@ A dummy dataset of the client's size, with the label counts inferred from the up
 (``simulate_update``: E epochs of B-batches with the round's lr/momentum/weight decay) points
 the same way as the observed one: cosine distance (insensitive to the unknown effective step
 size) plus total variation, Adam on the signed gradient with step decay at 3/8, 5/8 and 7/8 of
-the budget, pixels boxed to [0, 1], several restarts keeping the lowest loss. With E=1 and
-N <= B this is the paper's single-gradient attack. The simulation fixes the batch order (the
-client's shuffle is unknown): one source of the mismatch the study reports on multi-step
-updates.
+the budget, pixels boxed to [0, 1], several restarts (one batched pass, ``simulate_updates``)
+keeping the lowest loss. With E=1 and N <= B this is the paper's single-gradient attack. The
+simulation fixes the batch order (the client's shuffle is unknown): one source of the mismatch
+the study reports on multi-step updates.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput, NullCo
 from flaudit.auditor.attacks.toolkit.honest_server import HonestServerAttack
 from flaudit.auditor.attacks.label_inference import inferred_labels
 from flaudit.auditor.attacks.toolkit.image_priors import total_variation
-from flaudit.auditor.attacks.toolkit.local_update import Distance, gradient_distance, parameter_mask, simulate_update
+from flaudit.auditor.attacks.toolkit.local_update import Distance, piecewise_distance, restarts_per_pass, simulate_updates
 from flaudit.core.tables import bounded
 from flaudit.scenarios.updates import ParamLayout
 from flaudit.scenarios.views import ServerView, TrainingSpec
@@ -56,30 +56,41 @@ def optimise_images(
     seed: int,
     device: torch.device,
     desc: str,
+    per_pass: int | None = None,
 ) -> tuple[Tensor, float]:
     """Minimises ``objective`` over images of ``shape`` in [0, 1] (Adam, step decay, restarts
-    from uniform noise); returns the best images and their loss."""
+    from uniform noise); returns the best images and their loss. The R restarts are one tensor
+    ``[R, *shape]`` that ``objective`` maps to R losses, ``per_pass`` restarts at a time (all by
+    default; ``restarts_per_pass``): Adam is elementwise, so each restart follows its own path,
+    and one whose loss is not finite stops where it is."""
     generator = torch.Generator().manual_seed(seed)
-    best, best_loss = None, math.inf
+    x = torch.rand((restarts, *shape), generator=generator).to(device).requires_grad_()
+    optimizer = torch.optim.Adam([x], lr=lr)
     milestones = sorted({max(1, int(iterations * f)) for f in DECAY_POINTS})
-    for _ in range(restarts):
-        x = torch.rand(shape, generator=generator).to(device).requires_grad_()
-        optimizer = torch.optim.Adam([x], lr=lr)
-        schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
-        for _ in step_bar(range(iterations), desc=desc):
-            loss = objective(x)
-            if not bool(torch.isfinite(loss)):
-                break
-            (grad,) = torch.autograd.grad(loss, x)
-            x.grad = grad.sign() if signed else grad
-            optimizer.step()
-            schedule.step()
-            with torch.no_grad():
-                x.clamp_(0, 1)
-        final = float(objective(x.detach()).detach())
-        if best is None or final < best_loss:
-            best, best_loss = x.detach(), final
-    return best, best_loss
+    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
+    running = torch.ones(restarts, dtype=torch.bool, device=device)
+    passes = [slice(first, first + (per_pass or restarts)) for first in range(0, restarts, per_pass or restarts)]
+    for _ in step_bar(range(iterations), desc=desc):
+        grad = torch.zeros_like(x)
+        for part in passes:
+            if bool(running[part].any()):
+                losses = objective(x[part])
+                running[part] &= torch.isfinite(losses.detach())
+                if bool(running[part].any()):
+                    grad += torch.autograd.grad(losses[running[part]].sum(), x)[0]
+        if not bool(running.any()):
+            break
+        x.grad = grad.sign() if signed else grad
+        stopped = x.detach()[~running].clone()
+        optimizer.step()
+        schedule.step()
+        with torch.no_grad():
+            x.clamp_(0, 1)
+            x[~running] = stopped
+    # not under no_grad: the simulated training differentiates its steps
+    final = torch.cat([objective(x.detach()[part]).detach() for part in passes])
+    best = int(torch.where(torch.isfinite(final), final, math.inf).argmin())
+    return x.detach()[best], float(final[best])
 
 
 def update_objective(
@@ -94,15 +105,19 @@ def update_objective(
     regularizer: Callable[[Tensor], Tensor] | None = None,
     order: Tensor | None = None,
 ) -> Callable[[Tensor], Tensor]:
-    """The matching loss of dummy images: distance of their simulated update to ``observed``
-    (parameter entries only) + TV + an optional extra prior."""
-    mask = parameter_mask(layout).to(observed.device)
-    mask = None if bool(mask.all()) else mask.to(observed.dtype)  # 0/1 floats: no conversion per call
+    """The matching loss of R batches of dummy images ``[R, ...]`` (one loss each): distance
+    of their simulated update to ``observed`` over the parameter entries (``piecewise_distance``,
+    so BatchNorm statistics are skipped, not masked) + TV + an optional extra prior (of one
+    batch)."""
+    kept = [i for i, is_param in enumerate(layout.is_parameter) if is_param]
+    pieces = observed.split([shape.numel() for shape in layout.shapes])
+    observed_params = [pieces[i] for i in kept]
 
     def objective(images: Tensor) -> Tensor:
-        candidate = simulate_update(model, layout, training, images, labels, order=order)
-        loss = gradient_distance(candidate, observed, distance, mask) + tv_weight * total_variation(images).mean()
-        return loss + regularizer(images) if regularizer is not None else loss
+        candidate = simulate_updates(model, layout, training, images, labels, order=order)
+        loss = piecewise_distance([candidate[i] for i in kept], observed_params, distance)
+        loss = loss + tv_weight * total_variation(images)
+        return loss + torch.stack([regularizer(batch) for batch in images]) if regularizer is not None else loss
 
     return objective
 
@@ -129,6 +144,7 @@ def invert_update(
     images, _ = optimise_images(
         (len(labels), *image_shape), objective, iterations=params.iterations, restarts=params.restarts,
         lr=params.lr, signed=params.signed, seed=seed, device=device, desc="inverting gradients",
+        per_pass=restarts_per_pass(model),
     )
     return images
 

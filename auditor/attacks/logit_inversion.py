@@ -13,7 +13,9 @@ to convergence, it would return the prior itself, which the auditor's prior null
 deblurred ``D_a`` images of the label when the public set is labelled (a small deblurring
 network, trained on the attacker's own box-blurred ``D_0``, stands in for DeblurGAN-v2), the
 mean of ``D_0`` (Eq. 8) when it is not (DS-FL). Both attacks use the attacked round's logits
-only and pick one of the K clients' reconstructions per label by Eq. 11.
+only and pick one of the K clients' reconstructions per label by Eq. 11. f0's outputs and the
+priors are preparations (``toolkit.preparation``): built once for the rounds and defense
+columns that give them the same inputs.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from torch import nn
 from flaudit.auditor.attacks.registry import register_attack
 from flaudit.auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput, ThreatModel, NullContext
 from flaudit.auditor.attacks.toolkit.inversion_net import Anchor, fit, pick_distinct, train_inversion
+from flaudit.auditor.attacks.toolkit.preparation import IN_PROCESS, TENSOR, Preparation, Preparations, tensor_digest
 from flaudit.core.tables import bounded
 from flaudit.scenarios.logit_sharing.world import box_blur
 from flaudit.scenarios.models import build_model
@@ -81,7 +84,17 @@ def epoch_steps(n_rows: int, epochs: int) -> int:
     return epochs * math.ceil(n_rows / EPOCH_BATCH)
 
 
-def server_outputs(view: LogitView, params: PLIParams) -> torch.Tensor:
+def server_outputs(view: LogitView, params: PLIParams, prepared: Preparations = IN_PROCESS) -> torch.Tensor:
+    """``trained_server_outputs``, a preparation: with a labelled public set it reads the public
+    set only, so every round and defense column shares one f0."""
+    public, consensus = view.public, view.consensus_logits
+    taught_by = (public.images, public.labels, consensus if public.labels is None else None)
+    key = {"model": params.server_model, "epochs": params.server_epochs, "classes": consensus.shape[1],
+           "public": tensor_digest(taught_by)}
+    return prepared.get(Preparation("pli.server_outputs", key, lambda: trained_server_outputs(view, params), TENSOR))
+
+
+def trained_server_outputs(view: LogitView, params: PLIParams) -> torch.Tensor:
     """f0's logits on the public set: f0 learns the public labels, or, when the public set is
     unlabelled, the consensus the server computed; it never sees private data."""
     images, labels = view.public.images, view.public.labels
@@ -115,7 +128,16 @@ def deblurring_model(clean: torch.Tensor, kernel: int, steps: int) -> nn.Module:
     return fit(body, len(clean), loss, steps, EPOCH_BATCH, 1e-3, "PLI deblurring prior")
 
 
-def label_priors(view: LogitView, params: PLIParams) -> torch.Tensor:
+def label_priors(view: LogitView, params: PLIParams, prepared: Preparations = IN_PROCESS) -> torch.Tensor:
+    """``built_label_priors``, a preparation (it reads the public set and the target labels
+    only): the attack and its prior null use the same."""
+    public = view.public
+    key = {"kernel": params.translation_kernel, "steps": params.translation_steps, "targets": view.target_labels,
+           "public": tensor_digest((public.images, public.labels, public.auxiliary_domain))}
+    return prepared.get(Preparation("pli.label_priors", key, lambda: built_label_priors(view, params), TENSOR))
+
+
+def built_label_priors(view: LogitView, params: PLIParams) -> torch.Tensor:
     """Eq. 9 (labelled public set): the mean deblurred D_a image of each target label; Eq. 8
     (unlabelled, or no translation model): the mean D_0 image for every label."""
     public = view.public
@@ -156,13 +178,13 @@ class PairedLogitsInversion(Attack):
 
     def prior_null(self, view: LogitView, context: NullContext) -> torch.Tensor:
         """PLI's prior alone, no client logit: the per-label anchors of Eq. 10."""
-        return label_priors(view, self.params)
+        return label_priors(view, self.params, context.knowledge.prepared)
 
     def reconstruct(self, view: LogitView, knowledge: AttackerKnowledge) -> AttackOutput:
         p = self.params
-        server = tempered(server_outputs(view, p), p.temperature)
+        server = tempered(server_outputs(view, p, knowledge.prepared), p.temperature)
         clean = ~view.public.auxiliary_domain
-        priors = label_priors(view, p)
+        priors = label_priors(view, p, knowledge.prepared)
         server_hat, client_hat = confidence_gap_optimum(view.target_labels, server.shape[1], p.alpha)
         queries = torch.cat([server_hat, client_hat], 1)
         images = view.public.images[clean]

@@ -142,7 +142,7 @@ class PeerReconstruction(Attack):
         images of the round, and its figures for the diagnostics."""
         own, params = view.own_data, self.params
         spec = AutoencoderSpec(params.prior_width, params.prior_steps, 64, 1e-3, params.prior_noise, knowledge.seed)
-        autoencoder = trained_autoencoder(own, spec, knowledge.device)
+        autoencoder = trained_autoencoder(knowledge.prepared, own, spec, knowledge.device)
         with torch.no_grad():
             error = float(reconstruction_error(autoencoder, own.images.to(knowledge.device)))
         figures = {"prior_own_training_images": float(len(own)), "prior_error_on_own_images": error}

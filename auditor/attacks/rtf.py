@@ -8,6 +8,8 @@ reset, after calibrating the block's input gain by simulating one client's local
 auxiliary data (known epochs, batch size, lr, momentum) so that the bins move by at most
 ``max_drift`` of a bin width: with the study's fixed scaling the block blows up multi-step local
 training of a CNN; with the calibrated one training stays finite and the backbone keeps learning.
+A calibration is a ``toolkit.preparation`` keyed by the model sent: cells that send the same
+one (every defense column at round 0) share it.
 
 Reconstruction reads only the aggregate (works identically under secure aggregation): the
 block's update (its zero-initialised per-bin rows) -> per-step gradient estimate ->
@@ -35,6 +37,7 @@ from flaudit.auditor.attacks.toolkit.imprint import (
     quantile_edges,
     solve_bins,
 )
+from flaudit.auditor.attacks.toolkit.preparation import Codec, Preparation, model_digest, tensor_digest
 from flaudit.scenarios.client import make_loader, train_client
 from flaudit.core.tables import bounded
 from flaudit.scenarios.datasets import ImageDataset
@@ -126,6 +129,11 @@ def calibrate_gain(
     return gain, drift
 
 
+GAIN_CODEC: Codec[tuple[float, float]] = Codec(
+    lambda calibrated: {"gain": calibrated[0], "drift": calibrated[1]}, lambda state: (state["gain"], state["drift"])
+)
+
+
 class RtfServer:
     """The malicious server's ServerModelHook: sends the calibrated imprint block each round."""
 
@@ -153,12 +161,23 @@ class RtfServer:
         if self.params.input_gain is not None:
             gain, drift = self.params.input_gain, float("nan")
         else:
-            seed = derive_seed(self.knowledge.seed, CALIBRATION_SEED_STREAM, round_index)
-            gain, drift = calibrate_gain(imprinted, self.knowledge.auxiliary, self.knowledge.training, self.params, seed)
+            gain, drift = self.calibration(imprinted, round_index)
         imprinted.block.reset()
         imprinted.block.set_gain(gain)
         self.calibrations[round_index] = (gain, drift)
         return imprinted
+
+    def calibration(self, imprinted: ImprintedModel, round_index: int) -> tuple[float, float]:
+        """``calibrate_gain`` as a preparation: it reads the model sent (at gain 1, rows reset)
+        and the auxiliary data only, so the defense columns that send the same model (round 0)
+        share one."""
+        aux, seed = self.knowledge.auxiliary, derive_seed(self.knowledge.seed, CALIBRATION_SEED_STREAM, round_index)
+        imprinted.block.set_gain(1.0)
+        imprinted.block.reset()
+        key = {"params": self.params, "auxiliary": tensor_digest((aux.images, aux.labels)), "training": self.knowledge.training,
+               "seed": seed, "model": model_digest(imprinted)}
+        build = lambda: calibrate_gain(imprinted, aux, self.knowledge.training, self.params, seed)  # noqa: E731
+        return self.knowledge.prepared.get(Preparation("rtf.calibration", key, build, GAIN_CODEC))
 
 
 @register_attack("rtf", "Robbing the Fed: a binned imprint block in front of the model; reads batches from the aggregate")

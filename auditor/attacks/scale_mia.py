@@ -7,7 +7,9 @@ train an autoencoder whose encoder is exactly the model's feature extractor; eve
 the encoder into the model, set the latent linear layer's rows to one query of the latent with
 thresholds at quantiles of the auxiliary latents (``imprint.quantile_edges``), and give the
 next layer identical columns (with a small logit spread, so the softmax stays soft) so that
-every bin receives the same upstream gradient per sample.
+every bin receives the same upstream gradient per sample. Phase 1 reads only the auxiliary
+data and the round-0 model: it is a preparation (``toolkit.preparation``), built once for
+every defense column of a (scenario, seed).
 Phase 2 (``reconstruct``, aggregate only): update -> gradient estimate -> ``bin_solve`` per
 interval -> the latents of the intervals that hold one sample, decided from observations only:
 the interval's bias-gradient difference counts its samples (the crafted readout gives every
@@ -27,7 +29,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Callable
 
 import torch
@@ -46,6 +48,7 @@ from flaudit.auditor.attacks.toolkit.imprint import (
     solve_bins,
     variant,
 )
+from flaudit.auditor.attacks.toolkit.preparation import Codec, Preparation, State, model_digest, tensor_digest
 from flaudit.auditor.ops.bin_solve import bin_solve
 from flaudit.core.tables import bounded
 from flaudit.core.errors import ConfigError, FlauditError
@@ -354,6 +357,33 @@ class Crafting:
     seconds: float
 
 
+def new_autoencoder(adapter: ModelAdapter, model: nn.Module, shape: tuple[int, int, int], params: ScaleMiaParams) -> AutoEncoder:
+    """An untrained autoencoder whose encoder is (a copy of) ``model``'s feature extractor."""
+    layers = adapter.layers(model, shape)
+    decoder = adapter.decoder(layers.latent_shape, shape, params.decoder_width)
+    return AutoEncoder(copy.deepcopy(layers.encoder), decoder).to(_device(model))
+
+
+def crafting_codec(
+    adapter: ModelAdapter, model: nn.Module, shape: tuple[int, int, int], params: ScaleMiaParams
+) -> Codec[Crafting]:
+    """A ``Crafting`` as the autoencoder's state, the crafted tensors and two numbers."""
+
+    def encode(crafting: Crafting) -> State:
+        layers = {f.name: getattr(crafting.layers, f.name) for f in fields(CraftedLayers)}
+        return {"autoencoder": dict(crafting.autoencoder.state_dict()), "layers": layers,
+                "threshold": crafting.reprojection_threshold, "seconds": crafting.seconds}
+
+    def decode(state: State) -> Crafting:
+        autoencoder = new_autoencoder(adapter, model, shape, params)
+        autoencoder.load_state_dict(state["autoencoder"])
+        device = _device(model)
+        layers = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in state["layers"].items()}
+        return Crafting(autoencoder.eval(), CraftedLayers(**layers), float(state["threshold"]), float(state["seconds"]))
+
+    return Codec(encode, decode)
+
+
 class ScaleMiaServer:
     """The malicious server's ServerModelHook: same architecture, crafted parameters. Phase 1
     runs at the first round, when the architecture is known."""
@@ -379,6 +409,18 @@ class ScaleMiaServer:
         return model
 
     def phase_one(self, adapter: ModelAdapter, model: nn.Module) -> Crafting:
+        """The prepared phase one (``build_crafting``), shared by every cell of the run with the
+        same auxiliary data, parameters and round-0 model (architecture and state)."""
+        aux, knowledge = self.knowledge.auxiliary, self.knowledge
+        key = {
+            "params": self.params, "auxiliary": tensor_digest((aux.images, aux.labels)), "seed": knowledge.seed,
+            "num_classes": knowledge.num_classes, "image_shape": knowledge.image_shape,
+            "model": model_digest(model), "device": str(_device(model)),
+        }
+        codec = crafting_codec(adapter, model, knowledge.image_shape, self.params)
+        return knowledge.prepared.get(Preparation("scale_mia.phase_one", key, lambda: self.build_crafting(adapter, model), codec))
+
+    def build_crafting(self, adapter: ModelAdapter, model: nn.Module) -> Crafting:
         """Autoencoder on the auxiliary data (a held-out part calibrates the reprojection
         threshold), then the crafted layers from the auxiliary latents."""
         began = time.perf_counter()
@@ -386,8 +428,7 @@ class ScaleMiaServer:
         layers = adapter.layers(model, shape)
         holdout = max(1, round(self.params.holdout_fraction * len(aux)))
         order = torch.randperm(len(aux), generator=torch.Generator().manual_seed(self.knowledge.seed))
-        decoder = adapter.decoder(layers.latent_shape, shape, self.params.decoder_width)
-        autoencoder = AutoEncoder(copy.deepcopy(layers.encoder), decoder).to(device)
+        autoencoder = new_autoencoder(adapter, model, shape, self.params)
         if adapter.trains_autoencoder:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.knowledge.seed)

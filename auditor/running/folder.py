@@ -152,7 +152,7 @@ class RunFolder:
 
     def _remove_temp_files(self) -> None:
         """Temp files of writes a killed run never finished (nobody else writes here: we hold the lock)."""
-        for folder in (self.out, self.out / "cells", self.out / "artifacts"):
+        for folder in (self.out, self.out / "cells", self.out / "artifacts", self.out / "prepared"):
             for path in folder.iterdir() if folder.is_dir() else ():
                 if TEMP.fullmatch(path.name) and path.is_file():
                     path.unlink()

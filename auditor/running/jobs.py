@@ -28,12 +28,14 @@ import random
 import time
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator
 
 import numpy as np
 import torch
 
 from flaudit.auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput
+from flaudit.auditor.attacks.toolkit.preparation import Preparations
 from flaudit.auditor.privacy_audit.job import PrivacyAuditJob
 from flaudit.auditor.results.grids import GridRow, comparison_rows, rows_png
 from flaudit.core.errors import InvalidUpdateError
@@ -41,6 +43,7 @@ from flaudit.core.jsonable import digest, to_json
 from flaudit.auditor.metrics.leakage import against_nulls
 from flaudit.auditor.metrics.measures import Matching
 from flaudit.auditor.metrics.scoring import AttackOutputError, Criterion, Scored, score_output
+from flaudit.auditor.running.prepared import folder_store
 from flaudit.auditor.running.threat_views import view_of
 from flaudit.defenses.base import compose
 from flaudit.scenarios.fedavg import RoundRecord
@@ -230,6 +233,7 @@ class Unit:
     threads: int
     utility: UtilityJob | None
     attacks: tuple[AttackJob, ...]
+    run_folder: Path | None = None  # whose prepared/ the attacks share (None: each unit prepares its own)
 
     @property
     def jobs(self) -> tuple[Job, ...]:
@@ -241,7 +245,8 @@ class Unit:
         if not left:
             return None
         utility = self.utility if self.utility in left else None
-        return Unit(self.scenario, self.defenses, self.threads, utility, tuple(j for j in left if j is not utility))
+        attacks = tuple(j for j in left if j is not utility)
+        return Unit(self.scenario, self.defenses, self.threads, utility, attacks, self.run_folder)
 
     def stream(self, started: Callable[[int], None]) -> Iterator[tuple[int, dict[str, Any]]]:
         """Runs the simulation (after ``started(SIMULATION)``), then each job (after
@@ -250,7 +255,7 @@ class Unit:
         kind = scenario_kind(self.scenario.kind)
         world = kind.build_world(self.scenario)
         defenses = [d.build() for d in self.defenses]
-        knowledge = AttackerKnowledge.of(world)
+        knowledge = AttackerKnowledge.of(world, Preparations(folder_store(self.run_folder)))
         hooks = compose(defenses, world)
         attacks = [job.attack.build() for job in self.attacks]
         prepare_seconds = 0.0
@@ -321,9 +326,10 @@ def failed_result(job: AttackJob, failure: str, details: dict[str, Any], roster:
     }
 
 
-def plan_units(jobs: list[Job]) -> list[Unit]:
+def plan_units(jobs: list[Job], run_folder: Path | None = None) -> list[Unit]:
     """Groups jobs into units: per (scenario, defenses, seed), the utility job and the attacks
-    that do not shape the model share one simulation; each model-shaping attack runs alone."""
+    that do not shape the model share one simulation; each model-shaping attack runs alone.
+    Their attacks share their preparations through ``run_folder``."""
     groups: dict[str, dict[str, Any]] = {}
     alone = []
     for job in jobs:
@@ -331,7 +337,7 @@ def plan_units(jobs: list[Job]) -> list[Unit]:
             alone.append(job.unit())
             continue
         if isinstance(job, AttackJob) and job.shapes_model:
-            alone.append(Unit(job.scenario, job.defenses, job.threads, None, (job,)))
+            alone.append(Unit(job.scenario, job.defenses, job.threads, None, (job,), run_folder))
             continue
         key = digest([to_json(job.scenario), [d.describe() for d in job.defenses], job.threads])
         group = groups.setdefault(key, {"first": job, "utility": None, "attacks": []})
@@ -340,7 +346,7 @@ def plan_units(jobs: list[Job]) -> list[Unit]:
         else:
             group["attacks"].append(job)
     shared = [
-        Unit(g["first"].scenario, g["first"].defenses, g["first"].threads, g["utility"], tuple(g["attacks"]))
+        Unit(g["first"].scenario, g["first"].defenses, g["first"].threads, g["utility"], tuple(g["attacks"]), run_folder)
         for g in groups.values()
     ]
     return shared + alone

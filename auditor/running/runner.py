@@ -74,7 +74,7 @@ def _run(plan: AuditPlan, config: AuditConfig, options: RunOptions, executor, re
     store = ResultStore(options.out, options.resume)
     started, began = folder.started, time.perf_counter()
     resumed = len(results)
-    units = plan_units([job for job in plan.jobs if job.key not in results])
+    units = plan_units([job for job in plan.jobs if job.key not in results], options.out.absolute())
     with Progress(len(plan.jobs), resumed, options.progress) as progress:
         for job, result in executor.run(units):
             results[job.key] = store.save(job, result)

@@ -1,9 +1,10 @@
 """Where an audit run keeps its results on disk, written so that a killed run loses at most the
 jobs that were running and never leaves a half-written file.
 
-``DIR/cells/<job key>.json`` holds each finished job (its description and result) and
-``DIR/artifacts/`` its reconstruction grid; ``--resume`` reuses the finished ones whose key
-(a digest of everything that determines the result) still matches the plan. Jobs that failed,
+``DIR/cells/<job key>.json`` holds each finished job (its description and result),
+``DIR/artifacts/`` its reconstruction grid and ``DIR/prepared/`` what its attack prepared
+(``running.prepared``); ``--resume`` reuses the finished jobs whose key (a digest of everything
+that determines the result) still matches the plan, and the preparations. Jobs that failed,
 and stored records that are not whole, are run again. A record naming an artifact outside the
 run folder is refused. Only files of flaudit's own names are ever deleted.
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from flaudit.auditor.results.artifact_paths import ARTIFACTS, check_relative
+from flaudit.auditor.running import prepared
 from flaudit.auditor.running.jobs import Job
 from flaudit.core.jsonable import digest, to_json
 
@@ -99,6 +101,7 @@ class ResultStore:
         self.artifacts = out / ARTIFACTS
         if not resume:
             self._clear()
+            prepared.clear(out)
         self.cells.mkdir(parents=True, exist_ok=True)
 
     def _clear(self) -> None:

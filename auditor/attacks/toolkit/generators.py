@@ -10,8 +10,8 @@ than sigmoid), a last 3x3 conv and a sigmoid give pixels in [0, 1]. Sides that a
 
 ``train_decoder`` fits a label-conditional VAE on the auxiliary data and keeps its decoder: a
 few seconds of CPU give a usable prior for small images, where a GAN would still be unstable.
-Trained decoders are cached in-process, keyed by everything that determines them, so the
-rounds and defenses of one audit share one training.
+Trained decoders are preparations (``preparation``), keyed by everything that determines them,
+so the rounds and defenses of one audit share one training.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flaudit.auditor.attacks.toolkit.trained_models import trained_once
+from flaudit.auditor.attacks.toolkit.preparation import Preparation, Preparations, module_codec, tensor_digest
 from flaudit.scenarios.datasets import ImageDataset
 
 ImageShape = tuple[int, int, int]
@@ -134,9 +134,12 @@ def train_decoder(data: ImageDataset, spec: DecoderSpec, device: torch.device) -
     return decoder.eval().requires_grad_(False)
 
 
-def trained_decoder(data: ImageDataset, spec: DecoderSpec, device: torch.device) -> ConditionalDecoder:
-    """``train_decoder``, once per (data, spec, device) in this process."""
-    return trained_once(train_decoder, data, spec, device)
+def trained_decoder(prepared: Preparations, data: ImageDataset, spec: DecoderSpec, device: torch.device) -> ConditionalDecoder:
+    """``train_decoder``, prepared once per (data, spec, device)."""
+    key = {"data": tensor_digest((data.images, data.labels)), "spec": spec, "device": str(device)}
+    train = lambda: train_decoder(data, spec, device)  # noqa: E731
+    architecture = module_codec(lambda: ConditionalDecoder(spec.latent_dim, data.num_classes, data.image_shape, spec.width).to(device))
+    return prepared.get(Preparation("generators.conditional_decoder", key, train, architecture))
 
 
 def untrained_decoder(

@@ -5,8 +5,8 @@ weights can be fetched here, so a denoising autoencoder trained in seconds on th
 own data stands in. Trained to map noisy images back to clean ones through a bottleneck, it
 leaves images like its training data nearly unchanged and moves others towards them; the
 squared distance between an image and its reconstruction is then a penalty that is small on
-the data's manifold and grows off it. Trained autoencoders are cached in-process, keyed by
-data and spec, so the rounds and defenses of one audit share one training.
+the data's manifold and grows off it. Trained autoencoders are preparations (``preparation``),
+keyed by data and spec, so the rounds and defenses of one audit share one training.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flaudit.auditor.attacks.toolkit.trained_models import trained_once
+from flaudit.auditor.attacks.toolkit.preparation import Preparation, Preparations, module_codec, tensor_digest
 from flaudit.scenarios.datasets import ImageDataset
 
 
@@ -77,9 +77,14 @@ def train_autoencoder(data: ImageDataset, spec: AutoencoderSpec, device: torch.d
     return model.eval().requires_grad_(False)
 
 
-def trained_autoencoder(data: ImageDataset, spec: AutoencoderSpec, device: torch.device) -> DenoisingAutoencoder:
-    """``train_autoencoder``, once per (data, spec, device) in this process."""
-    return trained_once(train_autoencoder, data, spec, device)
+def trained_autoencoder(
+    prepared: Preparations, data: ImageDataset, spec: AutoencoderSpec, device: torch.device
+) -> DenoisingAutoencoder:
+    """``train_autoencoder``, prepared once per (data, spec, device)."""
+    key = {"data": tensor_digest((data.images, data.labels)), "spec": spec, "device": str(device)}
+    train = lambda: train_autoencoder(data, spec, device)  # noqa: E731
+    architecture = module_codec(lambda: DenoisingAutoencoder(data.image_shape, spec.width).to(device))
+    return prepared.get(Preparation("learned_prior.autoencoder", key, train, architecture))
 
 
 def reconstruction_error(autoencoder: DenoisingAutoencoder, images: Tensor) -> Tensor:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
-from torch.func import functional_call
+from torch.func import functional_call, vmap
 
 from flaudit.core.errors import ConfigError
 from flaudit.scenarios.updates import ParamLayout
@@ -53,45 +53,91 @@ def simulate_update(
     updated exactly as the real client's are, without gradient (they are detached statistics
     in the real client too).
     """
-    epochs, n = training.epochs, images.shape[-4]
-    per_epoch = images.dim() == 5
-    if images.dim() not in (4, 5) or n == 0 or (per_epoch and images.shape[0] != epochs):
+    return torch.cat(_simulate(model, layout, training, images, labels, 0, create_graph, order))
+
+
+def simulate_updates(
+    model: nn.Module, layout: ParamLayout, training: TrainingSpec, images: Tensor, labels: Tensor, *,
+    order: Tensor | None = None,
+) -> list[Tensor]:
+    """``simulate_update`` of R dummy datasets at once (an attack's restarts): ``images``
+    ``[R, N, C, H, W]`` (or ``[R, E, N, C, H, W]``), the same ``labels`` and ``order`` for all.
+    Returns the update per layout entry, ``[R, numel]`` each (``torch.cat(pieces, 1)`` is
+    ``[R, P]``, each row its restart's ``simulate_update``; ``piecewise_distance`` reads the
+    pieces without that copy). One pass: the model runs under ``torch.func.vmap`` with
+    per-restart parameters and BatchNorm statistics, so the per-operation cost that dominates
+    small models is paid once (``restarts_per_pass``)."""
+    if images.shape[0] == 1:
+        return [piece[None] for piece in _simulate(model, layout, training, images[0], labels, 0, True, order)]
+    return _simulate(model, layout, training, images, labels, images.shape[0], True, order)
+
+
+def restarts_per_pass(model: nn.Module) -> int:
+    """How many restarts of ``model`` one ``simulate_updates`` pass should simulate: as many as
+    fit in ``RESTART_PASS_BYTES`` of parameters (at least one)."""
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    return max(1, RESTART_PASS_BYTES // max(size, 1))
+
+
+def _simulate(
+    model: nn.Module, layout: ParamLayout, training: TrainingSpec, images: Tensor, labels: Tensor, restarts: int,
+    create_graph: bool, order: Tensor | None,
+) -> list[Tensor]:
+    """The update's pieces (layout order) of ``simulate_update`` (``restarts`` 0) or
+    ``simulate_updates`` (``restarts`` R >= 2: every tensor of the simulation has a leading
+    restart dimension)."""
+    epochs, lead = training.epochs, 1 if restarts else 0
+    n, per_epoch = images.shape[-4] if images.dim() >= 4 else 0, images.dim() - lead == 5
+    if images.dim() - lead not in (4, 5) or n == 0 or (per_epoch and images.shape[lead] != epochs):
+        r = "R, " if restarts else ""
         raise ConfigError(
-            f"simulate_update: images must be [N, C, H, W] or [epochs={epochs}, N, C, H, W] with N >= 1, "
+            f"simulate_update: images must be [{r}N, C, H, W] or [{r}epochs={epochs}, N, C, H, W] with N >= 1, "
             f"got {tuple(images.shape)}"
         )
     if labels.shape[0] != n or labels.dim() not in (1, 2):
         raise ConfigError(f"simulate_update: {n} images but labels of shape {tuple(labels.shape)}")
-    if order is None:
-        order = torch.arange(n, device=images.device).expand(epochs, n)
-    if tuple(order.shape) != (epochs, n):
+    if order is not None and tuple(order.shape) != (epochs, n):
         raise ConfigError(f"simulate_update: order must be [{epochs}, {n}], got {tuple(order.shape)}")
 
-    start = {name: p.detach() for name, p in model.named_parameters()}
-    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
-    steps = tuple((epoch, batch) for epoch in range(epochs) for batch in order[epoch].split(training.batch_size))
-    run = _Run(model, training, steps, images, labels, per_epoch)
+    start = {name: _batched(p.detach(), restarts) for name, p in model.named_parameters()}
+    buffers = {name: _batched(b.detach(), restarts).clone() for name, b in model.named_buffers()}
+    batch = training.batch_size
+    in_order = [slice(first, first + batch) for first in range(0, n, batch)]  # views, not gathers
+    steps = tuple((e, b) for e in range(epochs) for b in (in_order if order is None else order[e].split(batch)))
+    run = _Run(model, training, steps, images, labels, per_epoch, restarts)
     # a graph w.r.t. the images or soft labels only: the start parameters are constants
     create_graph = create_graph and (images.requires_grad or labels.requires_grad)
     replay = create_graph and len(steps) > GRAPH_STEPS
-    was_training = model.training
-    model.train()
+    evaluating = [module for module in model.modules() if not module.training]
+    for module in evaluating:
+        module.train(True)
     try:
         if replay:
             params = dict(zip(start, _Replay.apply(images, labels, run, start, buffers)))
         else:
             params = run.forward(_State.initial(start, create_graph), buffers, create_graph).params
     finally:
-        model.train(was_training)
+        for module in evaluating:
+            module.train(False)
     start_buffers = dict(model.named_buffers())
     pieces = [
         params[name] - start[name] if is_param else (buffers[name] - start_buffers[name]).float()
         for name, is_param in zip(layout.names, layout.is_parameter)
     ]
-    return torch.cat([p.reshape(-1) for p in pieces])
+    shape = (restarts, -1) if restarts else (-1,)
+    return [p.reshape(shape) for p in pieces]
+
+
+def _batched(tensor: Tensor, restarts: int) -> Tensor:
+    """``tensor`` for every restart (a view: the simulation never writes into it)."""
+    return tensor.expand(restarts, *tensor.shape) if restarts else tensor
 
 
 GRAPH_STEPS = 4  # up to this many local steps the graph of every step is kept (no recomputation)
+# Parameters of the restarts one batched pass simulates: past the CPU's caches a batch of
+# restarts costs more than the restarts one by one (benches/bench_inverting_gradients.py: the
+# digits CNN's 0.6 MB batch four at a time, the 32x32 CNN's 8.5 MB run alone).
+RESTART_PASS_BYTES = 4 * 2**20
 REPLAY_BYTES = 256 * 2**20  # states (parameters + momentum) one replayed stretch may store; longer ones are bisected
 
 
@@ -108,6 +154,9 @@ class _State:
         return _State({name: p.detach().requires_grad_(create_graph) for name, p in start.items()}, {})
 
 
+Batch = slice | Tensor  # one local step's samples: a range in the default order, indices in another
+
+
 @dataclass(frozen=True)
 class _Run:
     """The simulated local training as a sequence of steps (epoch, batch indices) over images
@@ -115,19 +164,38 @@ class _Run:
 
     model: nn.Module
     training: TrainingSpec
-    steps: tuple[tuple[int, Tensor], ...]
+    steps: tuple[tuple[int, Batch], ...]
     images: Tensor
     labels: Tensor
     per_epoch: bool
+    restarts: int = 0  # R >= 2: images, parameters and buffers have a leading restart dimension
 
-    def epoch_images(self, images: Tensor, epoch: int) -> Tensor:
-        return images[epoch] if self.per_epoch else images
+    def _at(self, epoch: int, batch: Batch) -> tuple:
+        """The index of epoch ``epoch``'s samples ``batch`` in the images (per restart when batched)."""
+        return (slice(None),) * bool(self.restarts) + (epoch,) * self.per_epoch + (batch,)
+
+    def batch_of(self, images: Tensor, epoch: int, batch: Batch) -> Tensor:
+        return images[self._at(epoch, batch)]
+
+    def add_batch(self, total: Tensor, epoch: int, batch: Batch, values: Tensor) -> None:
+        """``batch_of(total, ...) += values``, in place (a batch never repeats a sample)."""
+        total[self._at(epoch, batch)] += values
+
+    def loss(self, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        """Mean cross-entropy of the batch; batched, the sum over restarts of each one's mean
+        (its gradient w.r.t. a restart's parameters is that restart's alone)."""
+        if not self.restarts:
+            return F.cross_entropy(functional_call(self.model, (params, buffers), (x,)), y)
+        logits = vmap(lambda p, b, images: functional_call(self.model, (p, b), (images,)), randomness="different")(
+            params, buffers, x
+        )
+        targets = y.expand(self.restarts, *y.shape).flatten(0, 1)
+        return F.cross_entropy(logits.flatten(0, 1), targets, reduction="sum") / y.shape[0]
 
     def step(self, state: _State, x: Tensor, y: Tensor, buffers: dict[str, Tensor], create_graph: bool) -> _State:
         params = state.params if create_graph else {k: p.detach().requires_grad_() for k, p in state.params.items()}
         velocity = dict(state.velocity)
-        logits = functional_call(self.model, (params, buffers), (x,))
-        return _State(sgd_step(params, F.cross_entropy(logits, y), velocity, self.training, create_graph), velocity)
+        return _State(sgd_step(params, self.loss(params, buffers, x, y), velocity, self.training, create_graph), velocity)
 
     def forward(
         self, state: _State, buffers: dict[str, Tensor], create_graph: bool, first: int = 0, last: int | None = None
@@ -135,7 +203,7 @@ class _Run:
         """The state after steps ``first..last-1`` from ``state`` (with or without their graph)."""
         images, labels = (self.images, self.labels) if create_graph else (self.images.detach(), self.labels.detach())
         for epoch, batch in self.steps[first:last]:
-            state = self.step(state, self.epoch_images(images, epoch)[batch], labels[batch], buffers, create_graph)
+            state = self.step(state, self.batch_of(images, epoch, batch), labels[batch], buffers, create_graph)
         return state
 
 
@@ -199,7 +267,7 @@ class _Backward:
         run, (epoch, batch) = self.run, self.run.steps[index]
         params = {name: p.detach().requires_grad_() for name, p in state.params.items()}
         velocity = {name: v.detach().requires_grad_() for name, v in state.velocity.items()}
-        x = run.epoch_images(run.images, epoch)[batch].detach().requires_grad_(self.want_images)
+        x = run.batch_of(run.images, epoch, batch).detach().requires_grad_(self.want_images)
         y = run.labels[batch].detach().requires_grad_(self.want_labels)
         after = run.step(_State(params, velocity), x, y, self.scratch, True)
         outputs, cotangents = [], []
@@ -216,9 +284,9 @@ class _Backward:
         new_velocity = dict(zip(velocity, grads[len(names): len(names) + len(velocity)]))
         rest = iter(grads[len(names) + len(velocity):])
         if self.want_images:
-            run.epoch_images(self.grad_images, epoch).index_add_(0, batch, next(rest))
+            run.add_batch(self.grad_images, epoch, batch, next(rest))
         if self.want_labels:
-            self.grad_labels.index_add_(0, batch, next(rest))
+            self.grad_labels[batch] += next(rest)
         return _State(new_params, new_velocity)
 
 
@@ -247,15 +315,15 @@ def sgd_step(
 
 
 def _l2(candidate: Tensor, observed: Tensor) -> Tensor:
-    return (candidate - observed).square().sum()
+    return (candidate - observed).square().sum(-1)
 
 
 def _l1(candidate: Tensor, observed: Tensor) -> Tensor:
-    return (candidate - observed).abs().sum()
+    return (candidate - observed).abs().sum(-1)
 
 
 def _cosine(candidate: Tensor, observed: Tensor) -> Tensor:
-    return 1 - (candidate * observed).sum() / (candidate.norm() * observed.norm()).clamp(min=1e-30)
+    return 1 - (candidate * observed).sum(-1) / (candidate.norm(dim=-1) * observed.norm(dim=-1)).clamp(min=1e-30)
 
 
 Distance = Literal["l2", "l1", "cosine"]
@@ -277,6 +345,20 @@ def gradient_distance(candidate: Tensor, observed: Tensor, kind: str = "cosine",
     if mask is not None:  # zeroed entries add nothing to any distance; cheaper than indexing
         candidate, observed = candidate * mask, observed * mask
     return DISTANCES[kind](candidate, observed)
+
+
+def piecewise_distance(candidate: list[Tensor], observed: list[Tensor], kind: str = "cosine") -> Tensor:
+    """``gradient_distance`` of the concatenated pieces ``[R, n_i]`` and ``[n_i]`` (one distance
+    per row), without concatenating them: each piece is read once, nothing update-sized is
+    written beyond what the backward pass needs."""
+    if kind not in DISTANCES:
+        raise ConfigError(f"unknown gradient distance {kind!r}; choose one of {sorted(DISTANCES)}")
+    if kind != "cosine":
+        return sum(DISTANCES[kind](c, o) for c, o in zip(candidate, observed))
+    dot = sum(c @ o for c, o in zip(candidate, observed))
+    norm = torch.stack([torch.linalg.vector_norm(c, dim=-1) for c in candidate]).square().sum(0).sqrt()
+    observed_norm = torch.stack([torch.linalg.vector_norm(o) for o in observed]).square().sum().sqrt()
+    return 1 - dot / (norm * observed_norm).clamp(min=1e-30)
 
 
 def parameter_mask(layout: ParamLayout) -> Tensor:
