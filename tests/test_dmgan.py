@@ -18,7 +18,7 @@ from torchvision.utils import save_image
 
 from flaudit.auditor.attacks.base import AttackerKnowledge
 from flaudit.auditor.attacks.dmgan import Dmgan, DmganParams, GanClient
-from flaudit.auditor.running.jobs import AttackJob, Component, Unit
+from flaudit.auditor.running.jobs import AttackJob, ResolvedComponent, Unit
 from flaudit.auditor.metrics.leakage import against_nulls
 from flaudit.auditor.metrics.measures import match_reconstructions
 from flaudit.auditor.metrics.scoring import Criterion, score_output
@@ -141,7 +141,7 @@ def test_runner_installs_the_adversarial_client():
     scored against the peers' samples."""
     params = DmganParams(generator_steps=20, images=8)
     job = AttackJob(
-        cell_id="dmgan", scenario=SMALL.replace(rounds=2), defenses=(), attack=Component("dmgan", Dmgan, params),
+        cell_id="dmgan", scenario=SMALL.replace(rounds=2), defenses=(), attack=ResolvedComponent("dmgan", Dmgan, params),
         attacked_round=1, attacker_client=None, psnr_threshold=20.0, margin_db=1.0, grid_images=4, threads=1,
     )
     assert job.shapes_model

@@ -22,7 +22,7 @@ from torchvision.utils import save_image
 from flaudit.auditor.attacks.base import AttackerKnowledge
 from flaudit.auditor.attacks.toolkit.learned_prior import AutoencoderSpec, reconstruction_error, train_autoencoder
 from flaudit.auditor.attacks.peer import PeerParams, PeerReconstruction, estimate_peers, others_update
-from flaudit.auditor.running.jobs import AttackJob, Component, Unit
+from flaudit.auditor.running.jobs import AttackJob, ResolvedComponent, Unit
 from flaudit.auditor.metrics.measures import label_count_accuracy, match_reconstructions, summarize
 from flaudit.core.errors import FlauditError
 from flaudit.scenarios.fedavg import FedAvgSimulation
@@ -141,7 +141,7 @@ def test_runner_scores_the_peers():
     output scored against its peers' samples and labels."""
     scenario = equal_peers(4, 4)
     job = AttackJob(
-        cell_id="peer", scenario=scenario, defenses=(), attack=Component("peer", PeerReconstruction, PeerParams()),
+        cell_id="peer", scenario=scenario, defenses=(), attack=ResolvedComponent("peer", PeerReconstruction, PeerParams()),
         attacked_round=0, attacker_client=None, psnr_threshold=20.0, margin_db=1.0, grid_images=4, threads=1,
     )
     assert not job.shapes_model

@@ -16,7 +16,7 @@ from flaudit.auditor.privacy_audit.job import AuditSettings, PrivacyAuditJob
 from flaudit.auditor.results import gate, report
 from flaudit.auditor.running.config import audit_from_document
 from flaudit.auditor.running.estimate import Calibration, plan_text
-from flaudit.auditor.running.jobs import Component, execute
+from flaudit.auditor.running.jobs import ResolvedComponent, execute
 from flaudit.auditor.running.plan import build_plan
 from flaudit.auditor.running.runner import RunOptions, run_audit
 from flaudit.auditor.running.store import read_finished
@@ -53,7 +53,7 @@ class BrokenDP(DPSGD):
 
 
 def audit(cls, sigma: float, scenario: ScenarioConfig = SMALL, canaries: int = CANARIES) -> dict:
-    job = PrivacyAuditJob("digits", cls.name, scenario, (Component(cls.name, cls, DPParams(noise_multiplier=sigma)),),
+    job = PrivacyAuditJob("digits", cls.name, scenario, (ResolvedComponent(cls.name, cls, DPParams(noise_multiplier=sigma)),),
                           AuditSettings(canaries, 0.95, 0), 1)
     [(_, result)] = execute(job.unit())
     assert result["status"] == "ok", result.get("error")
@@ -121,7 +121,7 @@ class CrashingDP(DPSGD):
 
 
 def test_a_failing_audit_is_an_error_result_not_a_crash():
-    job = PrivacyAuditJob("digits", "crashing_dp", SMALL, (Component("crashing_dp", CrashingDP, DPParams()),),
+    job = PrivacyAuditJob("digits", "crashing_dp", SMALL, (ResolvedComponent("crashing_dp", CrashingDP, DPParams()),),
                           AuditSettings(10, 0.95, 0), 1)
     [(_, result)] = execute(job.unit())
     assert result["status"] == "error" and "no engine today" in result["error"]["message"]

@@ -22,7 +22,7 @@ from flaudit.scenarios.scenario import ScenarioConfig, derive_seed
 from flaudit.scenarios.updates import ParamLayout
 
 if TYPE_CHECKING:
-    from flaudit.auditor.running.jobs import Component
+    from flaudit.auditor.running.jobs import ResolvedComponent
 
 CANARY_NORM = 10.0  # above any sensible clip norm: correct clipping cuts it, a missing clip shows
 CANARY_SEED_STREAM = 601  # derive_seed streams of the canaries' draw and their per-step sampling
@@ -45,7 +45,7 @@ class PrivacyAuditJob:
     scenario_label: str
     defense_label: str
     scenario: ScenarioConfig
-    defenses: tuple[Component, ...]
+    defenses: tuple[ResolvedComponent, ...]
     settings: AuditSettings
     threads: int
 
@@ -64,7 +64,7 @@ class PrivacyAuditJob:
         return PrivacyAuditUnit(self)
 
 
-def claims_dp(component: Component) -> bool:
+def claims_dp(component: ResolvedComponent) -> bool:
     return bool(getattr(component.cls, "claims_dp", False))
 
 
@@ -84,7 +84,7 @@ class PrivacyAuditUnit:
         return self.job.threads
 
     @property
-    def defenses(self) -> tuple[Component, ...]:
+    def defenses(self) -> tuple[ResolvedComponent, ...]:
         return self.job.defenses
 
     @property

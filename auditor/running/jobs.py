@@ -58,7 +58,7 @@ SIMULATION = -1  # Unit.stream's started() index while the unit simulates (befor
 
 
 @dataclass(frozen=True)
-class Component:
+class ResolvedComponent:
     """A registered attack or defense class with its checked ``Params``."""
 
     name: str
@@ -80,7 +80,7 @@ class UtilityJob:
     scenario_label: str
     defense_label: str
     scenario: ScenarioConfig
-    defenses: tuple[Component, ...]
+    defenses: tuple[ResolvedComponent, ...]
     threads: int
     timeout_s: float | None = None  # a limit, not part of the result: not in the key
 
@@ -101,8 +101,8 @@ class AttackJob:
     kind: ClassVar[str] = "attack"
     cell_id: str
     scenario: ScenarioConfig
-    defenses: tuple[Component, ...]
-    attack: Component
+    defenses: tuple[ResolvedComponent, ...]
+    attack: ResolvedComponent
     attacked_round: int  # resolved, 0-based
     attacker_client: int | None
     psnr_threshold: float
@@ -229,7 +229,7 @@ class Unit:
     job (if still to do) and attacks; at most one attack, alone, may shape the model."""
 
     scenario: ScenarioConfig
-    defenses: tuple[Component, ...]
+    defenses: tuple[ResolvedComponent, ...]
     threads: int
     utility: UtilityJob | None
     attacks: tuple[AttackJob, ...]

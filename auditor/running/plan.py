@@ -17,7 +17,7 @@ from flaudit.auditor.attacks.base import ThreatModel
 from flaudit.auditor.privacy_audit.job import AuditSettings, PrivacyAuditJob, claims_dp
 from flaudit.auditor.running.catalog import Catalog
 from flaudit.auditor.running.config import WILDCARD, AttackSpec, AuditConfig, ComponentSpec, DefenseSpec, ScenarioSpec
-from flaudit.auditor.running.jobs import AttackJob, Component, UtilityJob
+from flaudit.auditor.running.jobs import AttackJob, ResolvedComponent, UtilityJob
 from flaudit.auditor.running.threat_views import kind_mismatch
 from flaudit.defenses.base import compose
 from flaudit.core.errors import ConfigError, FlauditError, UnknownNameError
@@ -32,7 +32,7 @@ SIZE_KEYS = ("image_size", "max_samples", "extra_classes", "clients", "batch_siz
 @dataclass(frozen=True)
 class DefenseColumn:
     label: str
-    components: tuple[Component, ...]
+    components: tuple[ResolvedComponent, ...]
 
     def describe(self) -> dict[str, Any]:
         return {"label": self.label, "components": [c.describe() for c in self.components]}
@@ -41,7 +41,7 @@ class DefenseColumn:
 @dataclass(frozen=True)
 class AttackRow:
     label: str
-    component: Component
+    component: ResolvedComponent
     attacked_round: int | None
     timeout_s: float | None = None
 
@@ -111,10 +111,10 @@ def _profile_params(cls: type, profile: str | None) -> Mapping[str, Any]:
     return dict(cls.profiles.get(profile, {})) if profile else {}
 
 
-def _resolve(spec: ComponentSpec, registry: Registry, config: AuditConfig, overlay: Mapping[str, Any]) -> Component:
+def _resolve(spec: ComponentSpec, registry: Registry, config: AuditConfig, overlay: Mapping[str, Any]) -> ResolvedComponent:
     cls = registry.get(spec.name)
     table = {**_profile_params(cls, config.profile), **spec.params, **overlay.get(spec.name, {})}
-    return Component(spec.name, cls, cls.from_table(table).params)
+    return ResolvedComponent(spec.name, cls, cls.from_table(table).params)
 
 
 def _check_overlay_names(config: AuditConfig, registry: Registry, kind: str) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from flaudit.auditor.attacks.base import AttackerKnowledge
 from flaudit.auditor.running.config import AuditOptions
-from flaudit.auditor.running.jobs import AttackJob, Component, failed_result
+from flaudit.auditor.running.jobs import AttackJob, ResolvedComponent, failed_result
 from flaudit.integrations.flower.crafting import CraftedRound, ModelCrafter
 from flaudit.integrations.flower.replay import RecordedWorld, build_recorded_world, canary_trace
 from flaudit.scenarios.client import accuracy
@@ -57,7 +57,7 @@ def score_red_team(crafter: ModelCrafter, config: ScenarioConfig, options: Audit
     world = build_recorded_world(config)
     knowledge: AttackerKnowledge = crafter.knowledge
     attack = crafter.attack
-    component = Component(attack.name, type(attack), attack.params)
+    component = ResolvedComponent(attack.name, type(attack), attack.params)
     results = []
     for index, recorded in enumerate(world.recording.rounds[: config.rounds]):
         crafted = crafter.rounds.get(recorded.round)
