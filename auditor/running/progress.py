@@ -11,8 +11,9 @@ from tqdm.auto import tqdm
 
 
 def job_label(job: Any) -> str:
-    """The cell id of an attack job, ``utility scenario/defense`` for a utility job."""
-    return getattr(job, "cell_id", None) or f"utility {job.scenario_label}/{job.defense_label}"
+    """The cell id of an attack job; ``utility scenario/defense`` or ``privacy_audit
+    scenario/defense`` for a column's own simulations."""
+    return getattr(job, "cell_id", None) or f"{job.kind} {job.scenario_label}/{job.defense_label}"
 
 
 def clock(seconds: float) -> str:
