@@ -23,7 +23,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flaudit.auditor.attacks.inverting_gradients import update_objective
+from flaudit.auditor.attacks.toolkit.update_inversion import update_objective
 from flaudit.auditor.attacks.toolkit.image_priors import total_variation
 from flaudit.auditor.attacks.toolkit.local_update import gradient_distance, parameter_mask, restarts_per_pass, simulate_update
 from flaudit.scenarios.models import build_model

@@ -14,7 +14,7 @@ import torch
 
 from flaudit.auditor.attacks.registry import ATTACKS
 from flaudit.auditor.attacks.base import AttackerKnowledge
-from flaudit.auditor.attacks.inverting_gradients import IgParams, invert_update
+from flaudit.auditor.attacks.toolkit.update_inversion import IgParams, invert_update
 from flaudit.auditor.metrics.scoring import score
 from flaudit.defenses.secagg import SecAgg
 from flaudit.core.errors import ConfigError
@@ -85,7 +85,7 @@ def test_ig_matches_a_multi_step_update_it_can_simulate():
 def sequential_restarts(shape, objective, iterations, restarts, lr, seed):
     """The restarts one after another (the reference the batched pass must reproduce): each
     restart's images and final loss."""
-    from flaudit.auditor.attacks.inverting_gradients import DECAY_POINTS
+    from flaudit.auditor.attacks.toolkit.update_inversion import DECAY_POINTS
 
     generator, results = torch.Generator().manual_seed(seed), []
     milestones = sorted({max(1, int(iterations * f)) for f in DECAY_POINTS})
@@ -108,7 +108,7 @@ def sequential_restarts(shape, objective, iterations, restarts, lr, seed):
 def test_batched_restarts_follow_the_sequential_ones(epochs):
     """R restarts in one batched pass (``simulate_updates``) reach the images and losses of the
     same restarts run one after another, on one gradient (E=1) and on a multi-step update."""
-    from flaudit.auditor.attacks.inverting_gradients import optimise_images, update_objective
+    from flaudit.auditor.attacks.toolkit.update_inversion import optimise_images, update_objective
 
     world = build_world(single_sample(4, local_epochs=epochs))
     view = FedAvgSimulation(world).run_round(0).server_view

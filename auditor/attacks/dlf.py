@@ -19,7 +19,7 @@ from torch import Tensor
 from flaudit.auditor.attacks.registry import register_attack
 from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput, NullContext
 from flaudit.auditor.attacks.toolkit.honest_server import HonestServerAttack
-from flaudit.auditor.attacks.inverting_gradients import IgParams, optimise_images, update_objective
+from flaudit.auditor.attacks.toolkit.update_inversion import IgParams, optimise_images, update_objective
 from flaudit.auditor.attacks.toolkit.local_update import restarts_per_pass
 from flaudit.auditor.attacks.label_inference import inferred_labels
 from flaudit.core.tables import bounded

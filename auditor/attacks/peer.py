@@ -35,7 +35,7 @@ from torch import Tensor
 from flaudit.auditor.attacks.registry import register_attack
 from flaudit.auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput, ThreatModel, NullContext
 from flaudit.auditor.attacks.toolkit.curious_client import needs_full_participation, peers
-from flaudit.auditor.attacks.inverting_gradients import IgParams, invert_update
+from flaudit.auditor.attacks.toolkit.update_inversion import IgParams, invert_update
 from flaudit.auditor.attacks.label_inference import PROBE_SAMPLES, infer_label_counts, labels_from_counts
 from flaudit.auditor.attacks.toolkit.learned_prior import AutoencoderSpec, autoencoder_penalty, reconstruction_error, trained_autoencoder
 from flaudit.defenses.base import Defense
