@@ -37,10 +37,9 @@ class GridRow:
     psnr: Sequence[float | None] = ()
 
 
-def best_pairs(matching: Matching, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(target, reconstruction) indices of the ``count`` highest-PSNR matched pairs."""
-    order = torch.argsort(matching.psnr.nan_to_num(nan=-1.0), descending=True)[:count]
-    return matching.target_idx[order], matching.recon_idx[order]
+def best_pairs(matching: Matching, count: int) -> torch.Tensor:
+    """Positions in ``matching`` of its ``count`` highest-PSNR pairs, best first."""
+    return torch.argsort(matching.psnr.nan_to_num(nan=-1.0), descending=True)[:count]
 
 
 def _psnr_of(matching: Matching, targets: torch.Tensor) -> tuple[list[int | None], list[float | None]]:
@@ -54,10 +53,10 @@ def comparison_rows(targets: torch.Tensor, reconstructions: torch.Tensor, matchi
                     null: tuple[str, torch.Tensor, Matching] | None = None) -> list[GridRow]:
     """Original / attack / null rows for the attack's ``count`` best-recovered targets;
     ``null``: (name, its guesses, its matching on the same targets)."""
-    t_idx, r_idx = best_pairs(matching, count)
-    _, attack_psnr = _psnr_of(matching, t_idx)
+    best = best_pairs(matching, count)
+    t_idx = matching.target_idx[best]
     rows = [GridRow("original", list(targets[t_idx])),
-            GridRow("attack", list(reconstructions[r_idx]), attack_psnr)]
+            GridRow("attack", list(reconstructions[matching.recon_idx[best]]), matching.psnr[best].tolist())]
     if null is not None:
         name, guesses, null_matching = null
         picked, null_psnr = _psnr_of(null_matching, t_idx)
