@@ -86,6 +86,7 @@ class GanClient:
         self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=params.generator_lr, betas=(0.5, 0.999))
         self.tracking_noise = self.noise(params.images)
         self.client_id: int | None = None
+        self.first_model: nn.Module | None = None  # the global model as first received: no victim has trained it
         self.history: list[torch.Tensor] = []  # per generator round: the tracking noise's images
         self.own_tracked_samples = 0
         self.last_loss = float("nan")
@@ -132,6 +133,8 @@ class GanClient:
         fresh generated images labelled 'fake', and the generator a step against it. The local
         model is the upload; the trace records the adversary's own samples only."""
         self.client_id = client_id
+        if self.first_model is None:
+            self.first_model = frozen(model)
         self.train_generator(model)
         self.history.append(self.generate(self.tracking_noise).cpu())
         local = copy.deepcopy(model).train()
@@ -181,9 +184,18 @@ class Dmgan(Attack):
         self.adversary = GanClient(self.params, knowledge)
         return self.adversary
 
-    def prior_null(self, view, context: NullContext) -> None:
-        """The attacker holds none of the tracked class, so its class mean is its own mean image: the ``mean`` null."""
-        return None
+    def prior_null(self, view, context: NullContext) -> torch.Tensor | None:
+        """The same generator trained as many generator rounds against the first global model
+        the adversary received (before any victim trained it), so it carries nothing of the
+        victims; the class mean of its data (it holds none of the tracked class) is the
+        ``mean`` null."""
+        adversary = self.adversary
+        if adversary is None or adversary.first_model is None:
+            return None
+        blind = GanClient(self.params, adversary.knowledge)
+        for _ in adversary.history:
+            blind.train_generator(adversary.first_model)
+        return blind.generate(blind.tracking_noise)[: context.count].cpu()
 
     def reconstruct(self, view: PeerView, knowledge: AttackerKnowledge) -> AttackOutput:
         adversary = self.adversary
