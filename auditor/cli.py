@@ -129,7 +129,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
         gate.write_junit(result, junit)
     except OSError as exc:
         raise FlauditError(f"cannot write --junit {junit}: {exc.strerror or exc}") from None
-    scored = sum(c["status"] != "not_applicable" for c in result.cells)
+    scored = sum(c.status != "not_applicable" for c in result.cells)
     if result.passed:
         print(f"flaudit gate: pass: no leakage regression in {scored} applicable cell(s) "
               f"(tolerances: {gate.describe_tolerances(tolerances)}); JUnit: {junit}")

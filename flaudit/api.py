@@ -27,6 +27,7 @@ from flaudit.auditor.running.config import (
     load_scenario,
 )
 from flaudit.auditor.running.runner import RunOptions
+from flaudit.auditor.results.view import AuditView, RunFacts
 from flaudit.auditor.running.runner import run_audit as run_plan
 from flaudit.core.tables import from_mapping
 from flaudit.scenarios.fedavg import SimulationResult
@@ -67,18 +68,28 @@ class Scorecard:
     path: Path | None = None
 
     def __repr__(self) -> str:
-        counts = self.document["summary"]
-        return (f"Scorecard(name={self.name!r}, schema={self.schema!r}, cells={counts['cells']} "
-                f"(ok {counts['ok']}, not applicable {counts['not_applicable']}, error {counts['error']}), "
+        counts = self.facts.counts
+        return (f"Scorecard(name={self.name!r}, schema={self.schema!r}, cells={counts.cells} "
+                f"(ok {counts.ok}, not applicable {counts.not_applicable}, error {counts.error}), "
                 f"path={str(self.path)!r})")
 
     @property
+    def view(self) -> AuditView:
+        """The matrix as typed figures: scenarios, cells (counts against the null, leakage), utility."""
+        return AuditView.of(self.document)
+
+    @property
+    def facts(self) -> RunFacts:
+        """The audit's settings, its defense columns' components, the counts and the manifest."""
+        return RunFacts.of(self.document)
+
+    @property
     def schema(self) -> str:
-        return self.document["schema"]
+        return self.facts.audit.schema
 
     @property
     def name(self) -> str:
-        return self.document["audit"]["name"]
+        return self.facts.audit.name
 
     @property
     def cells(self) -> tuple[CellResult, ...]:

@@ -163,11 +163,15 @@ def test_findings_say_what_realism_and_defenses_change():
 
 
 def test_the_privacy_utility_plot_reads_rated_leakage_not_resemblance():
+    from flaudit.auditor.results.cells import CellFigures
     from flaudit.auditor.results.plots import worst_leakage
 
     def cell(defense, label_leakage, rated):
-        return {"defense": {"label": defense}, "rated": [{"output": o} for o in rated],
-                "metrics": {"leakage": {"mean": 0.0}, "label_leakage": {"mean": label_leakage}, "psnr_mean": {"mean": 40.0}}}
+        stat = lambda mean: {"mean": mean, "ci95": None, "values": [mean]}  # noqa: E731
+        metrics = {"recovery_rate": stat(0.0), "n_targets": stat(8), "n_recovered": stat(0), "leakage": stat(0.0),
+                   "label_accuracy": stat(0.9), "label_leakage": stat(label_leakage), "psnr_mean": stat(40.0)}
+        return CellFigures.of({"id": f"s/{defense}/a", "risk": "none", "status": "ok", "defense": {"label": defense},
+                               "rated": [{"output": o} for o in rated], "metrics": metrics})
 
     cells = [cell("dp", 0.5, ["images"]), cell("dp", 0.2, ["images", "labels"])]  # the first: an internal label step
-    assert worst_leakage(cells, "dp", "label_leakage") == 0.2 and worst_leakage(cells, "dp", "leakage") == 0.0
+    assert worst_leakage(cells, "dp", "labels") == 0.2 and worst_leakage(cells, "dp", "images") == 0.0

@@ -73,8 +73,8 @@ def _realism(view: AuditView) -> Iterable[Finding]:
     """Pairs of undefended scenarios on the same data: the attacks whose level differs."""
     by_data: dict[str, list[ScenarioInfo]] = defaultdict(list)
     for scenario in view.scenarios:
-        if BASELINE in scenario.defenses and scenario.config.get("kind", "fedavg") == "fedavg":
-            by_data[str(scenario.config.get("dataset"))].append(scenario)
+        if BASELINE in scenario.defenses and scenario.federation.kind == "fedavg":
+            by_data[str(scenario.federation.dataset)].append(scenario)
     for group in by_data.values():
         for first, second in zip(group, group[1:]):
             changes, kept = [], []

@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 from flaudit.auditor.results.cells import CellFigures, Stat
 from flaudit.auditor.results.scorecard import SCHEMA_ID, ScorecardError
+from flaudit.auditor.results.view import AuditView
 from flaudit.auditor.running.config import GateTolerances
 from flaudit.auditor.running.store import atomic_write
 from flaudit.core.tables import from_mapping
@@ -48,7 +49,7 @@ class Finding:
 
 @dataclass(frozen=True)
 class GateResult:
-    cells: tuple[Mapping[str, Any], ...]  # the candidate's cells, in order
+    cells: tuple[CellFigures, ...]  # the candidate's cells, in order
     findings: tuple[Finding, ...]
     tolerances: GateTolerances
 
@@ -68,8 +69,8 @@ LEAKAGE_OF = {  # gate tolerance -> the cell's leakage it bounds
 }
 
 
-def _mean(cell: Mapping[str, Any], metric: str) -> float | None:
-    stat: Stat | None = LEAKAGE_OF[metric](CellFigures.of(cell))
+def _mean(cell: CellFigures, metric: str) -> float | None:
+    stat: Stat | None = LEAKAGE_OF[metric](cell)
     return None if stat is None else stat.mean
 
 
@@ -83,9 +84,8 @@ def check_versions(baseline: Mapping[str, Any], candidate: Mapping[str, Any]) ->
         )
 
 
-def _check_matrix(baseline: Mapping[str, Any], candidate: Mapping[str, Any]) -> None:
-    base = {c["id"] for c in baseline["cells"]}
-    cand = {c["id"] for c in candidate["cells"]}
+def _check_matrix(baseline: AuditView, candidate: AuditView) -> None:
+    base, cand = set(baseline.cells), set(candidate.cells)
     if base == cand:
         return
 
@@ -100,17 +100,16 @@ def _check_matrix(baseline: Mapping[str, Any], candidate: Mapping[str, Any]) -> 
     )
 
 
-def _cell_findings(base: Mapping[str, Any], cand: Mapping[str, Any], tolerances: GateTolerances) -> list[Finding]:
-    cell_id = cand["id"]
-    if cand["status"] == "error":
-        message = cand["errors"][0]["message"] if cand["errors"] else "failed"
-        return [Finding(cell_id, "status", None, None, None, f"failed in the candidate: {message}")]
-    if cand["status"] == "not_applicable":
+def _cell_findings(base: CellFigures, cand: CellFigures, tolerances: GateTolerances) -> list[Finding]:
+    cell_id = cand.cell_id
+    if cand.status == "error":
+        return [Finding(cell_id, "status", None, None, None, f"failed in the candidate: {cand.first_error or 'failed'}")]
+    if cand.status == "not_applicable":
         return []
-    if base["status"] == "not_applicable":
-        if cand["risk"] == "none":
+    if base.status == "not_applicable":
+        if cand.risk == "none":
             return []
-        return [Finding(cell_id, "risk", None, None, None, f"now applicable with risk {cand['risk']} (baseline: {base['reason']})")]
+        return [Finding(cell_id, "risk", None, None, None, f"now applicable with risk {cand.risk} (baseline: {base.reason})")]
     findings = []
     for metric, tolerance in tolerances.items():
         before, after = _mean(base, metric), _mean(cand, metric)
@@ -119,31 +118,29 @@ def _cell_findings(base: Mapping[str, Any], cand: Mapping[str, Any], tolerances:
     return findings
 
 
-def dp_violation_findings(candidate: Mapping[str, Any]) -> list[Finding]:
+def dp_violation_findings(candidate: AuditView) -> list[Finding]:
     """Every cell of a column whose DP claim the privacy audit refuted fails, whatever the
     baseline: the defense does not give the privacy it reports."""
-    refuted = {
-        (u["scenario"], u["defense"]): [(name, c) for name, c in u.get("privacy_audit", {}).items() if c["violation"]]
-        for u in candidate["utility"]
-    }
+    refuted = {column: [c for c in u.privacy_audits if c.violation] for column, u in candidate.utility.items()}
     findings = []
-    for cell in candidate["cells"]:
-        for name, check in refuted.get((cell["scenario"], cell["defense"]["label"]), []):
-            claimed, bound = check["claimed_epsilon"], check["epsilon_lower_bound"]
-            note = (f"dp_violation: {name} claims epsilon {_fmt(claimed and claimed['mean'])} but the audit proves "
-                    f">= {_fmt(bound and bound['mean'])} ({check['canaries']} canaries, {check['confidence']:.0%} "
-                    f"confidence; seeds {', '.join(map(str, check['violating_seeds']))})")
-            findings.append(Finding(cell["id"], "dp_violation", claimed and claimed["mean"], bound and bound["mean"], None, note))
+    for cell in candidate.cells.values():
+        for check in refuted.get((cell.scenario, cell.defense), []):
+            claimed = check.claimed and check.claimed.mean
+            bound = check.bound and check.bound.mean
+            note = (f"dp_violation: {check.component} claims epsilon {_fmt(claimed)} but the audit proves "
+                    f">= {_fmt(bound)} ({check.canaries} canaries, {check.confidence:.0%} "
+                    f"confidence; seeds {', '.join(map(str, check.violating_seeds))})")
+            findings.append(Finding(cell.cell_id, "dp_violation", claimed, bound, None, note))
     return findings
 
 
 def compare(baseline: Mapping[str, Any], candidate: Mapping[str, Any], tolerances: GateTolerances) -> GateResult:
     check_versions(baseline, candidate)
-    _check_matrix(baseline, candidate)
-    base_cells = {c["id"]: c for c in baseline["cells"]}
-    findings = [f for cell in candidate["cells"] for f in _cell_findings(base_cells[cell["id"]], cell, tolerances)]
-    findings += dp_violation_findings(candidate)
-    return GateResult(tuple(candidate["cells"]), tuple(findings), tolerances)
+    base, cand = AuditView.of(baseline), AuditView.of(candidate)
+    _check_matrix(base, cand)
+    findings = [f for cell in cand.cells.values() for f in _cell_findings(base.cells[cell.cell_id], cell, tolerances)]
+    findings += dp_violation_findings(cand)
+    return GateResult(tuple(cand.cells.values()), tuple(findings), tolerances)
 
 
 def _fmt(value: float | None, signed: bool = False) -> str:
@@ -172,23 +169,21 @@ def junit_xml(result: GateResult) -> str:
         by_cell.setdefault(finding.cell_id, []).append(finding)
     suite = ET.Element(
         "testsuite", name="flaudit.gate", tests=str(len(result.cells)), failures=str(len(by_cell)),
-        skipped=str(sum(c["status"] == "not_applicable" for c in result.cells)),
+        skipped=str(sum(c.status == "not_applicable" for c in result.cells)),
     )
     for cell in result.cells:
-        case = ET.SubElement(
-            suite, "testcase", classname=f"{cell['scenario']}.{cell['defense']['label']}", name=cell["attack"]["label"]
-        )
-        if cell["id"] in by_cell:
-            found = by_cell[cell["id"]]
+        case = ET.SubElement(suite, "testcase", classname=f"{cell.scenario}.{cell.defense}", name=cell.attack)
+        if cell.cell_id in by_cell:
+            found = by_cell[cell.cell_id]
             summary = "; ".join(
                 f.note or f"{f.metric} {_fmt(f.baseline)} -> {_fmt(f.candidate)} ({_fmt(f.delta, True)} > {_fmt(f.tolerance)})"
                 for f in found
             )
             ET.SubElement(case, "failure", message=summary, type="leakage_regression").text = summary
-        elif cell["status"] == "not_applicable":
-            ET.SubElement(case, "skipped", message=cell["reason"] or "not applicable")
+        elif cell.status == "not_applicable":
+            ET.SubElement(case, "skipped", message=cell.reason or "not applicable")
         else:
-            ET.SubElement(case, "system-out").text = f"risk {cell['risk']}"
+            ET.SubElement(case, "system-out").text = f"risk {cell.risk}"
     root = ET.Element("testsuites")
     root.append(suite)
     ET.indent(root)

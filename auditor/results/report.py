@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from flaudit.auditor.results import risk
-from flaudit.auditor.results.cells import CellFigures, ImageFigures, Stat, counts_text, labels_text
+from flaudit.auditor.results.cells import CellFigures, ImageFigures, Stat, counts_text, labels_text, worst_cells
 from flaudit.auditor.results.findings import findings
-from flaudit.auditor.results.view import AuditView, ScenarioInfo, UtilityFigures
+from flaudit.auditor.results.view import AuditInfo, AuditView, PrivacyAuditCheck, Provenance, RunFacts, ScenarioInfo, UtilityFigures
 from flaudit.auditor.results.artifact_paths import resolve_inside
 from flaudit.auditor.results.plots import privacy_utility_png
-from flaudit.auditor.results.scorecard import worst_cells
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;max-width:1400px;color:#1d1d1d;padding:0 1rem}
@@ -39,10 +38,6 @@ def _e(value: Any) -> str:
 
 def _png(data: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode()
-
-
-def _num(stat: Mapping[str, Any] | None, digits: int = 1, unit: str = "") -> str:
-    return _stat(Stat.of(stat), digits, unit)
 
 
 def _params(params: Mapping[str, Any]) -> str:
@@ -130,20 +125,19 @@ def _findings(view: AuditView) -> str:
     return "".join(parts) + ("</ul>" if topic else "<p>No cell was scored.</p>")
 
 
-def _legend(document: Mapping[str, Any]) -> str:
-    audit = document["audit"]
+def _legend(audit: AuditInfo) -> str:
     chips = "".join(f'<span style="background:{risk.COLOURS[level]}">{level}</span>' for level in (*risk.LEVELS, risk.UNKNOWN, risk.NOT_APPLICABLE, risk.UNSCORED))
     cutoffs = "; ".join(
         f"{escape(name)}: low &gt; {cut['low']:g}, medium &ge; {cut['medium']:g}, high &ge; {cut['high']:g}"
-        for name, cut in audit["risk_thresholds"].items()
+        for name, cut in audit.risk_thresholds.items()
     )
-    if "identifiable_margin_db" not in audit:  # a flaudit.scorecard/1 audit: risk from raw recovery
-        text = (f"Risk from the recovery rate (matched reconstruction reaches {audit['psnr_threshold']:g} dB PSNR, mean "
+    if audit.identifiable_margin_db is None:  # a flaudit.scorecard/1 audit: risk from raw recovery
+        text = (f"Risk from the recovery rate (matched reconstruction reaches {audit.psnr_threshold:g} dB PSNR, mean "
                 f"over seeds) and label accuracy, by the worse ({cutoffs}). This scorecard predates null baselines.")
     else:
         text = (
-            f"A target is <i>recovered</i> when its matched reconstruction reaches {audit['psnr_threshold']:g} dB PSNR "
-            f"and is {audit['identifiable_margin_db']:g} dB closer to it than to every non-member of the test split. "
+            f"A target is <i>recovered</i> when its matched reconstruction reaches {audit.psnr_threshold:g} dB PSNR "
+            f"and is {audit.identifiable_margin_db:g} dB closer to it than to every non-member of the test split. "
             "The <i>null</i> is the best data-blind guess on the same targets (the attacker's own images, their mean, "
             "the attack's prior without the observation; labels: the attacker's label distribution). "
             "<i>Leakage</i> = recovery &minus; null. Risk is read from the lower end of the leakage's 95% interval "
@@ -154,86 +148,86 @@ def _legend(document: Mapping[str, Any]) -> str:
     return f"<p class=chips>{chips}</p><p class=small>{text} <i>unknown</i>: every seed failed, or nothing the attack returned could be scored. Brackets: 95% interval over seeds.</p>"
 
 
-def _audited(document: Mapping[str, Any]) -> str:
-    audit = document["audit"]
+def _audited(view: AuditView, facts: RunFacts) -> str:
     scenarios = _table(
         ["label", "dataset", "model", "clients", "rounds", "local training", "partition", "seeds"],
         (
             [
-                _e(s["label"]), _e(s["config"].get("dataset")), _e(s["config"].get("model")),
-                _e(s["config"].get("clients")), _e(s["config"].get("rounds")),
-                _e(f"E={s['config'].get('local_epochs')}, B={s['config'].get('batch_size')}, lr={s['config'].get('lr')}"),
-                _e(f"{s['config'].get('partition')}" + (f" (alpha={s['config']['alpha']})" if s["config"].get("alpha") else "")),
-                _e(", ".join(map(str, s["seeds"]))),
+                _e(s.label), _e(f.dataset), _e(f.model), _e(f.clients), _e(f.rounds),
+                _e(f"E={f.local_epochs}, B={f.batch_size}, lr={f.lr}"),
+                _e(f"{f.partition}" + (f" (alpha={f.alpha:g})" if f.alpha is not None else "")),
+                _e(", ".join(map(str, s.seeds))),
             ]
-            for s in audit["scenarios"]
+            for s in view.scenarios for f in (s.federation,)
         ),
     )
     defenses = _table(
         ["label", "composition (in order) and parameters"],
-        ([escape(d["label"]), "<br>".join(f"<b>{escape(c['name'])}</b>: {_params(c['params'])}" for c in d["components"]) or "no defense (baseline)"] for d in audit["defenses"]),
+        ([escape(d.label), "<br>".join(f"<b>{escape(c.name)}</b>: {_params(c.params)}" for c in d.components) or "no defense (baseline)"]
+         for d in facts.defenses),
     )
     attacks = _table(
         ["label", "attack", "threat model", "parameters"],
-        ([escape(a["label"]), escape(a["name"]), escape(a["threat_model_text"]), _params(a["params"])] for a in audit["attacks"]),
+        ([escape(a.label), escape(a.name), escape(a.threat_model_text), _params(a.params)] for a in view.attacks),
     )
-    if not audit["attacks"]:
+    if not view.attacks:
         attacks = "<p>No attack is registered.</p>"
     return f"<h3>Scenarios</h3>{scenarios}<h3>Defenses</h3>{defenses}<h3>Attacks</h3>{attacks}"
 
 
-def _grids(document: Mapping[str, Any], out: Path, count: int) -> str:
+def _grids(view: AuditView, out: Path, count: int) -> str:
     parts = []
-    for cell in worst_cells(document["cells"], count):
-        if not cell["artifacts"]:
+    for cell in worst_cells(view.cells.values(), count):
+        if not cell.artifacts:
             continue
-        path = resolve_inside(out, cell["artifacts"][0]["grid"], f"cell {cell['id']!r}")
+        artifact = cell.artifacts[0]
+        path = resolve_inside(out, artifact.grid, f"cell {cell.cell_id!r}")
         if not path.is_file():
-            parts.append(f"<p>{escape(cell['id'])}: grid {escape(str(path))} is missing.</p>")
+            parts.append(f"<p>{escape(cell.cell_id)}: grid {escape(str(path))} is missing.</p>")
             continue
-        figures = CellFigures.of(cell)
-        what = escape(counts_text(figures.images)) if figures.images else "no image recovered"
+        what = escape(counts_text(cell.images)) if cell.images else "no image recovered"
         caption = (
-            f"<b>{escape(cell['id'])}</b> (seed {_e(cell['artifacts'][0]['seed'])}): risk {escape(cell['risk'])}, {what}. "
+            f"<b>{escape(cell.cell_id)}</b> (seed {_e(artifact.seed)}): risk {escape(cell.risk)}, {what}. "
             "Top row: original client images; bottom row: their matched reconstructions, best-recovered first."
         )
-        parts.append(f'<figure><img alt="{escape(cell["id"])}" src="{_png(path.read_bytes())}"><figcaption>{caption}</figcaption></figure>')
+        parts.append(f'<figure><img alt="{escape(cell.cell_id)}" src="{_png(path.read_bytes())}"><figcaption>{caption}</figcaption></figure>')
     return "".join(parts) or "<p>No cell produced image reconstructions.</p>"
 
 
-def _utility_section(document: Mapping[str, Any], scenario: str) -> str:
-    entries = [u for u in document["utility"] if u["scenario"] == scenario]
-    png = privacy_utility_png(scenario, entries, [c for c in document["cells"] if c["scenario"] == scenario])
+def _utility_section(view: AuditView, scenario: str) -> str:
+    entries = view.scenario_utility(scenario)
+    png = privacy_utility_png(scenario, entries, view.scenario_cells(scenario))
     plot = f'<figure><img alt="privacy-utility {escape(scenario)}" src="{_png(png)}"></figure>' if png else ""
     rows = []
     for u in entries:
         figures = "; ".join(
-            f"{escape(d)}: " + ", ".join(f"{escape(k)}={v['mean']:.4g}" for k, v in f.items() if v)
-            for d, f in u["figures"].items() if f
+            f"{escape(d)}: " + ", ".join(f"{escape(k)}={v.mean:.4g}" for k, v in f.items()) for d, f in u.figures.items()
         )
-        status = f"n/a: {u['reason']}" if u["status"] == "not_applicable" else u["status"]
-        rows.append([escape(u["defense"]), _num(u["test_accuracy"], 3), _num(u["accuracy_drop"], 3), figures or "–", escape(status)])
+        status = f"n/a: {u.reason}" if u.status == "not_applicable" else u.status
+        rows.append([escape(u.defense), _stat(u.accuracy, 3), _stat(u.drop, 3), figures or "–", escape(status)])
     return plot + _table(["defense", "test accuracy", "drop vs none", "defense figures (mean over seeds)", "status"], rows)
 
 
-def _dp_audit(document: Mapping[str, Any]) -> str:
+def _verdict(check: PrivacyAuditCheck) -> str:
+    if check.errors and not check.seeds:
+        return f"audit failed: {escape(check.errors[0].message)}"
+    if check.violation:
+        return f"<span class=violation>dp_violation</span> (seeds {', '.join(map(str, check.violating_seeds))})"
+    return "no claim to check" if check.claimed is None else "consistent"
+
+
+def _dp_audit(view: AuditView) -> str:
     """The empirical epsilon lower bound beside each DP claim (flaudit.auditor.privacy_audit)."""
     rows = []
-    for u in document["utility"]:
-        for name, c in u.get("privacy_audit", {}).items():
-            claimed, bound = c["claimed_epsilon"], c["epsilon_lower_bound"]
-            if c["errors"] and not c["seeds"]:
-                verdict = f"audit failed: {escape(c['errors'][0]['message'])}"
-            elif c["violation"]:
-                verdict = f"<span class=violation>dp_violation</span> (seeds {', '.join(map(str, c['violating_seeds']))})"
-            else:
-                verdict = "no claim to check" if claimed is None else "consistent"
-            ratio = f"{bound['mean'] / claimed['mean']:.2f}" if bound and claimed and claimed["mean"] > 0 else "–"
+    for u in view.utility.values():
+        for c in u.privacy_audits:
+            claimed, bound = c.claimed, c.bound
+            ratio = f"{bound.mean / claimed.mean:.2f}" if bound and claimed and claimed.mean > 0 else "–"
             rows.append([
-                escape(u["scenario"]), escape(u["defense"]), escape(name), _num(claimed, 2), _num(bound, 2), ratio,
-                f"{c['canaries']} canaries in client {c['canary_client']}, {escape(str(c['observed']))} seen, "
-                f"{c['confidence']:.0%} confidence" if c["canaries"] else "–",
-                verdict,
+                escape(u.scenario), escape(u.defense), escape(c.component), _stat(claimed, 2), _stat(bound, 2), ratio,
+                f"{c.canaries} canaries in client {c.canary_client}, {escape(str(c.observed))} seen, "
+                f"{c.confidence:.0%} confidence" if c.canaries else "–",
+                _verdict(c),
             ])
     if not rows:
         return "<p>No defense column makes a DP claim the audit could check.</p>"
@@ -248,78 +242,75 @@ def _dp_audit(document: Mapping[str, Any]) -> str:
     )
 
 
-def _errors(document: Mapping[str, Any]) -> str:
-    failed = [(c["id"], e) for c in document["cells"] for e in c["errors"]]
-    failed += [(f"{u['scenario']}/{u['defense']} (utility)", e) for u in document["utility"] for e in u["errors"]]
+def _errors(view: AuditView) -> str:
+    failed = [(c.cell_id, e) for c in view.cells.values() for e in c.errors]
+    failed += [(f"{u.scenario}/{u.defense} (utility)", e) for u in view.utility.values() for e in u.errors]
     if not failed:
         return "<p>None: every job finished.</p>"
     return "".join(
-        f"<details><summary><b>{escape(where)}</b> seed {_e(e.get('seed', '?'))}: {escape(e['type'])}: {escape(e['message'])}</summary><pre>{escape(e['traceback'])}</pre></details>"
+        f"<details><summary><b>{escape(where)}</b> seed {_e('?' if e.seed is None else e.seed)}: {escape(e.type)}: {escape(e.message)}</summary><pre>{escape(e.traceback)}</pre></details>"
         for where, e in failed
     )
 
 
-def _provenance(m: Mapping[str, Any]) -> list[tuple[str, str]]:
+def _provenance(p: Provenance | None) -> list[tuple[str, str]]:
     """The tamper evidence (``flaudit verify`` re-checks it), when the run recorded it."""
-    if "inputs" not in m:
+    if p is None:
         return []
-    inputs = m["inputs"]
     data = "<br>".join(
-        f"{escape(label)} ({escape(str(d['dataset']))}): " + ", ".join(f"seed {s} <code>{h[:16]}</code>" for s, h in d["seeds"].items())
-        for label, d in inputs["data"].items()
+        f"{escape(label)} ({escape(dataset)}): " + ", ".join(f"seed {escape(str(s))} <code>{escape(h[:16])}</code>" for s, h in seeds.items())
+        for label, (dataset, seeds) in p.data.items()
     )
     return [
-        ("config as written", f"{escape(inputs['config_file'])}, SHA-256 <code>{inputs['config_sha256']}</code>"),
+        ("config as written", f"{escape(p.config_file)}, SHA-256 <code>{escape(p.config_sha256)}</code>"),
         ("data (SHA-256 of the tensors used)", data),
-        ("code", f"SHA-256 of {m['code']['files']} package files <code>{m['code']['package_sha256']}</code>"),
-        ("stored results", f"{len(m.get('outputs', {}))} files, each with its SHA-256 in the scorecard"),
+        ("code", f"SHA-256 of {_e(p.code_files)} package files <code>{escape(p.package_sha256)}</code>"),
+        ("stored results", f"{p.outputs} files, each with its SHA-256 in the scorecard"),
     ]
 
 
-def _manifest(document: Mapping[str, Any]) -> str:
-    m, audit = document["manifest"], document["audit"]
+def _manifest(facts: RunFacts) -> str:
+    m, audit = facts.manifest, facts.audit
     facts = [
-        ("config", f"{escape(audit['source'])} (profile {escape(str(audit['profile']))})"),
-        ("config hash", f"<code>{_e(audit['config_hash'])}</code>"),
-        ("seeds", _e(", ".join(map(str, m["seeds"])))),
-        ("started / finished", _e(f"{m['started']} / {m['finished']} ({m.get('duration_seconds') or 0:.0f} s)")),
-        ("executor", _e(f"{m['executor']}, {m['threads']} thread(s) per job, workers: {m.get('workers') or 'default'}")),
-        ("git commit", escape(str(m["git"]["commit"])) + (" (uncommitted changes)" if m["git"]["dirty"] else "")),
-        ("device", escape(f"{m['device']['cpu']}; CUDA available: {m['device']['cuda_available']} {', '.join(m['device']['gpus'])}")),
-        ("compiled kernels", _e(f"built: {m['extension']['built']}, CUDA kernels: {m['extension']['cuda_kernels']}")),
-        ("python / platform", escape(f"{m['python']} / {m['platform']}")),
-        ("packages", escape(", ".join(f"{k} {v}" for k, v in m["packages"].items()))),
-        *_provenance(m),
+        ("config", f"{escape(audit.source)} (profile {escape(str(audit.profile))})"),
+        ("config hash", f"<code>{_e(audit.config_hash)}</code>"),
+        ("seeds", _e(", ".join(map(str, m.seeds)))),
+        ("started / finished", _e(f"{m.started} / {m.finished} ({m.duration_seconds:.0f} s)")),
+        ("executor", _e(f"{m.executor}, {m.threads} thread(s) per job, workers: {m.workers or 'default'}")),
+        ("git commit", escape(str(m.git_commit)) + (" (uncommitted changes)" if m.git_dirty else "")),
+        ("device", escape(f"{m.cpu}; CUDA available: {m.cuda_available} {', '.join(m.gpus)}")),
+        ("compiled kernels", _e(f"built: {m.extension_built}, CUDA kernels: {m.cuda_kernels}")),
+        ("python / platform", escape(f"{m.python} / {m.platform}")),
+        ("packages", escape(", ".join(f"{k} {v}" for k, v in m.packages.items()))),
+        *_provenance(m.provenance),
     ]
     return _table(["", ""], ([f"<b>{k}</b>", v] for k, v in facts))
 
 
 def render(document: Mapping[str, Any], out: Path) -> str:
     """The report's HTML; ``out`` is the run folder its artifact paths are relative to."""
-    audit, summary = document["audit"], document["summary"]
-    by_risk = summary["by_risk"]
-    scenarios = [s["label"] for s in audit["scenarios"]]
+    view, facts = AuditView.of(document), RunFacts.of(document)
+    counts, by_risk = facts.counts, facts.counts.by_risk
     verdict = (
-        f"{summary['cells']} cells: {summary['ok']} scored, {summary['not_applicable']} not applicable, "
-        f"{summary['error']} failed. Risk: high {by_risk['high']}, medium {by_risk['medium']}, "
+        f"{counts.cells} cells: {counts.ok} scored, {counts.not_applicable} not applicable, "
+        f"{counts.error} failed. Risk: high {by_risk['high']}, medium {by_risk['medium']}, "
         f"low {by_risk['low']}, none {by_risk['none']}."
     )
-    view = AuditView.of(document)
     matrices = "".join(_scenario_heading(s) + _matrix(view, s) for s in view.scenarios)
-    utility = "".join(f"<h3>{escape(s)}</h3>{_utility_section(document, s)}" for s in scenarios)
+    utility = "".join(f"<h3>{escape(s.label)}</h3>{_utility_section(view, s.label)}" for s in view.scenarios)
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>flaudit audit: {escape(audit['name'])}</title>
+<html lang="en"><head><meta charset="utf-8"><title>flaudit audit: {escape(view.name)}</title>
 <style>{CSS}</style></head><body>
-<h1>Privacy audit: {escape(audit['name'])}</h1>
-<p class=muted>flaudit scorecard {escape(document['schema'])} · {escape(document['manifest']['finished'])} · config {escape(audit['config_hash'][:12])}</p>
+<h1>Privacy audit: {escape(view.name)}</h1>
+<p class=muted>flaudit scorecard {escape(facts.audit.schema)} · {escape(facts.manifest.finished)} · config {escape(facts.audit.config_hash[:12])}</p>
 <p id=verdict><b>{escape(verdict)}</b></p>
 <h2>Findings</h2>{_findings(view)}
-<h2>Risk matrix: attack x defense</h2>{_legend(document)}{matrices}
-<h2>Reconstructions of the worst cells</h2>{_grids(document, out, audit["options"]["grid_cells"])}
+<h2>Risk matrix: attack x defense</h2>{_legend(facts.audit)}{matrices}
+<h2>Reconstructions of the worst cells</h2>{_grids(view, out, facts.audit.grid_cells)}
 <h2>Privacy vs utility</h2>{utility}
-<h2>DP claims checked</h2>{_dp_audit(document)}
-<h2>What was audited</h2>{_audited(document)}
-<h2>Failures</h2>{_errors(document)}
-<h2>Manifest</h2>{_manifest(document)}
+<h2>DP claims checked</h2>{_dp_audit(view)}
+<h2>What was audited</h2>{_audited(view, facts)}
+<h2>Failures</h2>{_errors(view)}
+<h2>Manifest</h2>{_manifest(facts)}
 </body></html>
 """

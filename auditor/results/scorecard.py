@@ -24,6 +24,7 @@ import jsonschema
 from flaudit.auditor.privacy_audit.claims import figures as audit_figures
 from flaudit.auditor.privacy_audit.claims import privacy_audits, violations
 from flaudit.auditor.results import risk
+from flaudit.auditor.results.cells import CellFigures, worst_cells
 from flaudit.auditor.running.config import BASELINE, ScenarioSpec
 from flaudit.core.jsonable import to_json
 from flaudit.auditor.metrics.stats import interval
@@ -260,19 +261,7 @@ def _cell_entry(cell: Cell, results: Mapping[str, Mapping[str, Any]], utility: M
 def _summary(cells: list[dict[str, Any]]) -> dict[str, Any]:
     counts = {status: sum(c["status"] == status for c in cells) for status in ("ok", "not_applicable", "error")}
     by_risk = {level: sum(c["risk"] == level for c in cells) for level in (*risk.LEVELS, risk.UNKNOWN, risk.NOT_APPLICABLE, risk.UNSCORED)}
-    return {"cells": len(cells), **counts, "by_risk": by_risk, "worst": [c["id"] for c in worst_cells(cells, 5)]}
-
-
-def worst_cells(cells: list[Mapping[str, Any]], count: int) -> list[Mapping[str, Any]]:
-    """Scored cells ordered by leakage: risk, then image and label leakage, recovery rate, mean PSNR."""
-
-    def leakage(cell: Mapping[str, Any]) -> tuple:
-        metrics = cell["metrics"] or {}
-        mean = lambda name: (metrics.get(name) or {}).get("mean", float("-inf"))  # noqa: E731
-        return (risk.rank(cell["risk"]), mean("leakage"), mean("label_leakage"), mean("recovery_rate"), mean("psnr_mean"))
-
-    scored = [c for c in cells if c["metrics"]]
-    return sorted(scored, key=leakage, reverse=True)[:count]
+    return {"cells": len(cells), **counts, "by_risk": by_risk, "worst": [c.cell_id for c in worst_cells(map(CellFigures.of, cells), 5)]}
 
 
 def _add_privacy_audits(plan: AuditPlan, results: Mapping[str, Mapping[str, Any]], utility: list[dict[str, Any]],

@@ -9,7 +9,7 @@ from typing import Any, Mapping
 from flaudit.auditor.results import risk
 from flaudit.auditor.results.cells import CellFigures, signed_percent
 from flaudit.auditor.results.findings import findings
-from flaudit.auditor.results.view import AuditView, ScenarioInfo, UtilityFigures
+from flaudit.auditor.results.view import AuditInfo, AuditView, RunFacts, ScenarioInfo, UtilityFigures
 from flaudit.auditor.running.config import BASELINE
 
 SUMMARY_TOPICS = ("leaks", "realism", "defenses", "settings", "failures")  # not-applicable reasons are in the report
@@ -51,11 +51,11 @@ def _accuracy(entry: UtilityFigures | None) -> str:
     return text
 
 
-def _criterion(audit: Mapping[str, Any]) -> str:
-    text = f"recovered = PSNR >= {audit['psnr_threshold']:g} dB"
-    if "identifiable_margin_db" not in audit:
+def _criterion(audit: AuditInfo) -> str:
+    text = f"recovered = PSNR >= {audit.psnr_threshold:g} dB"
+    if audit.identifiable_margin_db is None:
         return text
-    return (f"{text} and {audit['identifiable_margin_db']:g} dB closer than any non-member · risk from leakage "
+    return (f"{text} and {audit.identifiable_margin_db:g} dB closer than any non-member · risk from leakage "
             "(recovery above the data-blind null, lower end of its 95% interval)")
 
 
@@ -80,19 +80,17 @@ def _matrix(view: AuditView, scenario: ScenarioInfo) -> list[str]:
 
 def render(document: Mapping[str, Any]) -> str:
     """The verdict, the first findings and the worst scenario's matrix; the rest is in report.html."""
-    audit, summary = document["audit"], document["summary"]
-    view = AuditView.of(document)
-    by_risk = summary["by_risk"]
-    unscored = by_risk.get("unscored", 0)  # older scorecards have no such level
+    view, facts = AuditView.of(document), RunFacts.of(document)
+    counts, by_risk, unscored = facts.counts, facts.counts.by_risk, facts.counts.unscored
     lines = [
-        f"## flaudit audit: {_md(audit['name'])}",
+        f"## flaudit audit: {_md(view.name)}",
         "",
-        f"{summary['cells']} cells: {summary['ok'] - unscored} scored, "
+        f"{counts.cells} cells: {counts.ok - unscored} scored, "
         + (f"{unscored} unscored (no ground truth), " if unscored else "")
-        + f"{summary['not_applicable']} not applicable, "
-        f"{summary['error']} failed · risk: high {by_risk['high']}, medium {by_risk['medium']}, "
-        f"low {by_risk['low']}, none {by_risk['none']} · {_criterion(audit)} · "
-        f"config `{audit['config_hash'][:12]}`, profile {_md(audit['profile'])}",
+        + f"{counts.not_applicable} not applicable, "
+        f"{counts.error} failed · risk: high {by_risk['high']}, medium {by_risk['medium']}, "
+        f"low {by_risk['low']}, none {by_risk['none']} · {_criterion(facts.audit)} · "
+        f"config `{facts.audit.config_hash[:12]}`, profile {_md(facts.audit.profile)}",
     ]
     found = findings(view)
     shown = [f for f in found if f.topic in SUMMARY_TOPICS][:SUMMARY_FINDINGS]
@@ -101,7 +99,7 @@ def render(document: Mapping[str, Any]) -> str:
     worst = worst_scenario(view)
     if worst is not None:
         lines += ["", *_matrix(view, worst)]
-    if not audit["attacks"]:
+    if not view.attacks:
         lines += ["", "No attack is registered yet: the audit measured utility only."]
     rest = len(found) - len(shown)
     others = len(view.scenarios) - (worst is not None)
