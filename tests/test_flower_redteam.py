@@ -61,10 +61,10 @@ def test_red_team_recovers_the_canarys_images_above_its_null(tmp_path, module, a
     assert len(results) == app.FEDERATION["rounds"]
     for result in results:
         metrics = result.metrics
-        assert result.result["target_clients"] == [0] and metrics["n_targets"] == 32  # the canary's batch
-        assert result.result["null"] is not None and metrics["null_recovery_rate"] <= 0.05
+        assert result.result.target_clients == (0,) and metrics["n_targets"] == 32  # the canary's batch
+        assert result.result.null is not None and metrics["null_recovery_rate"] <= 0.05
         assert metrics["recovery_rate"] >= 0.5 and metrics["leakage"] >= 0.45, metrics
-        assert "failure" not in result.result["diagnostics"]
+        assert "failure" not in result.result.diagnostics
 
 
 def test_a_diverging_crafted_model_is_the_attacks_failure(tmp_path):
@@ -75,8 +75,8 @@ def test_a_diverging_crafted_model_is_the_attacks_failure(tmp_path):
     assert len(results) == 2
     for result in results:
         assert result.metrics["recovery_rate"] == 0.0 and result.metrics["leakage"] == 0.0
-        assert result.result["diagnostics"]["failure"] == DIVERGED
-        assert "non-finite" in result.result["diagnostics"]["invalid_update"]
+        assert result.result.diagnostics["failure"] == DIVERGED
+        assert "non-finite" in result.result.diagnostics["invalid_update"]
     crafter = app.last_strategy[0].crafter
     assert not crafter.changes_architecture(crafter.model)  # the federation is left with its own architecture
 

@@ -8,6 +8,7 @@ import io
 from flaudit.auditor.running.estimate import Calibration, makespan, plan_text
 from flaudit.auditor.running.plan import build_plan
 from flaudit.auditor.running.progress import Progress
+from flaudit.auditor.running.results import JobError, JobResult
 from test_audit_toys import run_toy, toy_catalog, toy_config
 
 ALL_ATTACKS = """
@@ -43,11 +44,11 @@ def test_progress_prints_one_line_per_job_off_a_terminal():
 
     stream = io.StringIO()
     with Progress(3, 1, True, stream) as progress:
-        progress.finished(Job(), {"status": "ok", "seconds": 1.5})
-        progress.finished(Job(), {"status": "error", "seconds": 0.5})
+        progress.finished(Job(), JobResult("ok", 1.5))
+        progress.finished(Job(), JobResult("error", 0.5, error=JobError("ValueError", "bad")))
     lines = stream.getvalue().splitlines()
     assert len(lines) == 2 and lines[0].startswith("[2/3] s/none/ig: ok in 1.5 s") and "failed 1" in lines[1]
     silent = io.StringIO()
     with Progress(1, 0, False, silent) as progress:
-        progress.finished(Job(), {"status": "ok"})
+        progress.finished(Job(), JobResult("ok", 0.0))
     assert silent.getvalue() == ""

@@ -54,7 +54,7 @@ class BrokenDP(DPSGD):
 
 def audit(cls, sigma: float, scenario: ScenarioConfig = SMALL, canaries: int = CANARIES) -> dict:
     job = PrivacyAuditJob("digits", cls.name, scenario, (ResolvedComponent(cls.name, cls, DPParams(noise_multiplier=sigma)),),
-                          AuditSettings(canaries, 0.95, 0), 1)
+                          threads=1, settings=AuditSettings(canaries, 0.95, 0))
     [(_, result)] = execute(job.unit())
     assert result["status"] == "ok", result.get("error")
     return result
@@ -122,7 +122,7 @@ class CrashingDP(DPSGD):
 
 def test_a_failing_audit_is_an_error_result_not_a_crash():
     job = PrivacyAuditJob("digits", "crashing_dp", SMALL, (ResolvedComponent("crashing_dp", CrashingDP, DPParams()),),
-                          AuditSettings(10, 0.95, 0), 1)
+                          threads=1, settings=AuditSettings(10, 0.95, 0))
     [(_, result)] = execute(job.unit())
     assert result["status"] == "error" and "no engine today" in result["error"]["message"]
 

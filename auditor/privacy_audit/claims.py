@@ -13,36 +13,37 @@ from typing import Any, Iterable, Mapping
 
 from flaudit.auditor.metrics.stats import interval
 from flaudit.auditor.privacy_audit.job import PrivacyAuditJob
+from flaudit.auditor.running.results import JobResult
 
 FIGURES = ("epsilon_lower_bound", "audit_canaries", "audit_confidence")  # added to the component's figures
 
 
-def _check(seeds: Mapping[int, Mapping[str, Any]], component: str) -> dict[str, Any]:
-    ok = {s: r for s, r in seeds.items() if r["status"] == "ok" and component in r["claims"]}
-    claims = {s: r["claims"][component] for s, r in ok.items()}
+def _check(seeds: Mapping[int, JobResult], component: str) -> dict[str, Any]:
+    ok = {s: r.privacy_audit for s, r in seeds.items() if r.ok and component in r.privacy_audit.claims}
+    claims = {s: r.claims[component] for s, r in ok.items()}
     violating = [
         s for s, c in claims.items()
         if c["claimed_epsilon"] is not None and c["epsilon_lower_bound"] > c["claimed_epsilon"]
     ]
-    first = next(iter(ok.values()), {})
+    first = next(iter(ok.values()), None)
     return {
         "claimed_epsilon": interval(c["claimed_epsilon"] for c in claims.values()),
         "epsilon_lower_bound": interval(c["epsilon_lower_bound"] for c in claims.values()),
         "delta": interval(c["delta"] for c in claims.values()),
-        "canaries": first.get("canaries"),
-        "confidence": first.get("confidence"),
-        "observed": first.get("observed"),
-        "canary_client": first.get("canary_client"),
+        "canaries": None if first is None else first.canaries,
+        "confidence": None if first is None else first.confidence,
+        "observed": None if first is None else first.observed,
+        "canary_client": None if first is None else first.canary_client,
         "seeds": sorted(ok),
         "violation": bool(violating),
         "violating_seeds": sorted(violating),
-        "errors": [{"seed": s, **r["error"]} for s, r in seeds.items() if r["status"] != "ok"],
+        "errors": [r.error.to_json(s) for s, r in seeds.items() if not r.ok],
     }
 
 
-def privacy_audits(jobs: Iterable[PrivacyAuditJob], results: Mapping[str, Mapping[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+def privacy_audits(jobs: Iterable[PrivacyAuditJob], results: Mapping[str, JobResult]) -> dict[tuple[str, str], dict[str, Any]]:
     """{(scenario, defense label): {component name: its check}} for every audited column."""
-    by_column: dict[tuple[str, str], dict[int, Mapping[str, Any]]] = defaultdict(dict)
+    by_column: dict[tuple[str, str], dict[int, JobResult]] = defaultdict(dict)
     components: dict[tuple[str, str], list[str]] = {}
     for job in jobs:
         column = (job.scenario_label, job.defense_label)

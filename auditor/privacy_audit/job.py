@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
 
 from flaudit.auditor.privacy_audit.bound import best_bound, guesses
 from flaudit.auditor.privacy_audit.canaries import CanarySet, CanaryScores, CanaryTraining
-from flaudit.core.jsonable import digest, to_json
+from flaudit.auditor.running.column_job import ColumnJob
+from flaudit.core.jsonable import to_json
 from flaudit.defenses.base import compose
 from flaudit.scenarios.kinds import scenario_kind
 from flaudit.scenarios.scenario import ScenarioConfig, derive_seed
@@ -40,25 +41,12 @@ class AuditSettings:
 
 
 @dataclass(frozen=True)
-class PrivacyAuditJob:
+class PrivacyAuditJob(ColumnJob):
     kind: ClassVar[str] = "privacy_audit"
-    scenario_label: str
-    defense_label: str
-    scenario: ScenarioConfig
-    defenses: tuple[ResolvedComponent, ...]
     settings: AuditSettings
-    threads: int
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind, "scenario_label": self.scenario_label, "defense_label": self.defense_label,
-            "scenario": to_json(self.scenario), "defenses": [d.describe() for d in self.defenses],
-            "settings": to_json(self.settings), "threads": self.threads,
-        }
-
-    @property
-    def key(self) -> str:
-        return f"privacy_audit-{digest(self.describe())}"
+        return {**super().describe(), "settings": to_json(self.settings)}
 
     def unit(self) -> "PrivacyAuditUnit":
         return PrivacyAuditUnit(self)

@@ -26,6 +26,7 @@ from flaudit.auditor.privacy_audit.claims import privacy_audits, violations
 from flaudit.auditor.results import risk
 from flaudit.auditor.results.cells import CellFigures, worst_cells
 from flaudit.auditor.running.config import BASELINE, ScenarioSpec
+from flaudit.auditor.running.results import AttackOutcome, JobResult, UtilityOutcome
 from flaudit.core.jsonable import to_json
 from flaudit.auditor.metrics.stats import interval
 from flaudit.core.errors import FlauditError
@@ -127,48 +128,49 @@ def load(path: Path) -> dict[str, Any]:
 # ---- building -------------------------------------------------------------------------------------
 
 
-def _run_entry(seed: int, result: Mapping[str, Any]) -> dict[str, Any]:
-    entry = {"seed": seed, "status": result["status"], "seconds": result.get("seconds", 0.0)}
-    if result["status"] == "ok":
-        entry.update(
-            metrics={k: result["metrics"].get(k) for k in METRICS},
-            null=result["null"],
-            rated_by=result["rated_by"],
-            attacked_round=result["attacked_round"],
-            target_clients=result["target_clients"],
-            test_accuracy_at_attack=result["test_accuracy_at_attack"],
-            diagnostics=result["diagnostics"],
-            timing=result.get("timing", {}),
-            artifact=result.get("artifact"),
-        )
-        if result.get("unscored"):
-            entry["unscored"] = result["unscored"]
-    else:
-        entry["error"] = result["error"]
+def _run_entry(seed: int, result: JobResult) -> dict[str, Any]:
+    entry = {"seed": seed, "status": result.status, "seconds": result.seconds}
+    if not result.ok:
+        entry["error"] = result.error.to_json()
+        return entry
+    found = result.attack
+    entry.update(
+        metrics={k: found.metrics.get(k) for k in METRICS},
+        null=found.null,
+        rated_by=list(found.rated_by),
+        attacked_round=found.attacked_round,
+        target_clients=list(found.target_clients),
+        test_accuracy_at_attack=found.test_accuracy_at_attack,
+        diagnostics=found.diagnostics,
+        timing=found.timing,
+        artifact=found.artifact,
+    )
+    if found.unscored:
+        entry["unscored"] = found.unscored
     return entry
 
 
-def _figures(runs: list[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+def _figures(runs: list[UtilityOutcome]) -> dict[str, dict[str, Any]]:
     """Each defense's own figures (epsilon, ...) over seeds: {defense: {figure: interval}}."""
     values: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
-        for defense, figures in run.get("defense_figures", {}).items():
+        for defense, figures in run.defense_figures.items():
             for name, value in figures.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     values[defense][name].append(value)
     return {d: {n: interval(v) for n, v in f.items()} for d, f in values.items()}
 
 
-def _utility(plan: AuditPlan, results: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
-    by_pair: dict[tuple[str, str], dict[int, Mapping[str, Any]]] = defaultdict(dict)
+def _utility(plan: AuditPlan, results: Mapping[str, JobResult]) -> list[dict[str, Any]]:
+    by_pair: dict[tuple[str, str], dict[int, JobResult]] = defaultdict(dict)
     for job in plan.utility_jobs:
         by_pair[job.scenario_label, job.defense_label][job.scenario.seed] = results[job.key]
     entries = []
     for scenario, defense in [(s.label, d) for s in plan.config.scenarios for d in plan.matrix(s.label).defenses]:
         runs, baseline, reason = by_pair[scenario, defense], by_pair[scenario, BASELINE], plan.rejected.get((scenario, defense))
-        ok = {s: r for s, r in runs.items() if r["status"] == "ok"}
-        accuracy = {s: r["test_accuracy"] for s, r in ok.items()}
-        base = {s: r["test_accuracy"] for s, r in baseline.items() if r["status"] == "ok"}
+        ok = {s: r.utility for s, r in runs.items() if r.ok}
+        accuracy = {s: r.test_accuracy for s, r in ok.items()}
+        base = {s: r.utility.test_accuracy for s, r in baseline.items() if r.ok}
         drop = [base[s] - a for s, a in accuracy.items() if s in base and a is not None and base[s] is not None]
         entries.append({
             "scenario": scenario,
@@ -179,16 +181,15 @@ def _utility(plan: AuditPlan, results: Mapping[str, Mapping[str, Any]]) -> list[
             "baseline_test_accuracy": interval(base.values(), *RANGES["test_accuracy"]),
             "accuracy_drop": interval(drop, *RANGES["accuracy_drop"]),
             "figures": _figures(list(ok.values())),
-            "errors": [{"seed": s, **r["error"]} for s, r in runs.items() if r["status"] != "ok"],
+            "errors": [r.error.to_json(s) for s, r in runs.items() if not r.ok],
         })
     return entries
 
 
-def _metrics(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
-    ok = [r["metrics"] for r in runs if r["status"] == "ok"]
+def _metrics(ok: list[AttackOutcome]) -> dict[str, Any] | None:
     if not ok:
         return None
-    return {name: interval((m.get(name) for m in ok), *RANGES[name]) for name in METRICS}
+    return {name: interval((o.metrics.get(name) for o in ok), *RANGES[name]) for name in METRICS}
 
 
 @dataclass(frozen=True)
@@ -205,11 +206,11 @@ class Rated:
     level: str
 
 
-def _evidence(ok: list[Mapping[str, Any]], output: str) -> risk.Evidence | None:
+def _evidence(ok: list[AttackOutcome], output: str) -> risk.Evidence | None:
     """A rated output's leakage over the ok runs, None when they are not rated by it."""
-    if not ok or any(output not in r["rated_by"] for r in ok):
+    if not ok or any(output not in o.rated_by for o in ok):
         return None
-    m = [r["metrics"] for r in ok]
+    m = [o.metrics for o in ok]
     if output == "images":
         return risk.Evidence(tuple(x["leakage"] for x in m), sum(x["n_recovered"] or 0 for x in m),
                              sum(x["n_null_recovered"] or 0 for x in m), sum(x["n_targets"] for x in m))
@@ -218,9 +219,8 @@ def _evidence(ok: list[Mapping[str, Any]], output: str) -> risk.Evidence | None:
                          sum(x["n_labels"] for x in m))
 
 
-def rating(runs: list[Mapping[str, Any]]) -> tuple[str, list[Rated]]:
-    """The risk level of a cell's runs and the evidence behind it."""
-    ok = [r for r in runs if r["status"] == "ok"]
+def rating(ok: list[AttackOutcome]) -> tuple[str, list[Rated]]:
+    """The risk level of a cell's finished runs and the evidence behind it."""
     found = {name: _evidence(ok, name) for name in ("images", "labels")}
     cutoffs = {"images": risk.LEAKAGE_CUTOFFS, "labels": risk.LABEL_LEAKAGE_CUTOFFS}
     rated = [Rated(name, e.lower, e.rule, e.hits, e.null_hits, e.trials, e.level(cutoffs[name]))
@@ -228,16 +228,17 @@ def rating(runs: list[Mapping[str, Any]]) -> tuple[str, list[Rated]]:
     return risk.risk_level(found["images"], found["labels"]) if ok else risk.UNKNOWN, rated
 
 
-def _cell_entry(cell: Cell, results: Mapping[str, Mapping[str, Any]], utility: Mapping[tuple[str, str], dict]) -> dict:
-    runs = [_run_entry(job.scenario.seed, results[job.key]) for job in cell.jobs]
+def _cell_entry(cell: Cell, results: Mapping[str, JobResult], utility: Mapping[tuple[str, str], dict]) -> dict:
+    seeded = [(job.scenario.seed, results[job.key]) for job in cell.jobs]
+    ok = [r.attack for _, r in seeded if r.ok]
     rated: list[Rated] = []
     if cell.not_applicable:
         status, level, metrics = "not_applicable", risk.NOT_APPLICABLE, None
     else:
-        metrics = _metrics(runs)
-        status = "ok" if all(r["status"] == "ok" for r in runs) else "error"
-        level, rated = rating(runs)
-        if runs and all(r.get("unscored") for r in runs):
+        metrics = _metrics(ok)
+        status = "ok" if len(ok) == len(seeded) else "error"
+        level, rated = rating(ok)
+        if seeded and all(r.ok and r.attack.unscored for _, r in seeded):
             level = risk.UNSCORED
     use = utility[cell.scenario.label, cell.defense.label]
     return {
@@ -252,9 +253,9 @@ def _cell_entry(cell: Cell, results: Mapping[str, Mapping[str, Any]], utility: M
         "utility": {k: use[k] for k in ("test_accuracy", "baseline_test_accuracy", "accuracy_drop")},
         "risk": level,
         "rated": to_json(rated),
-        "artifacts": [{"seed": r["seed"], "grid": r["artifact"]} for r in runs if r.get("artifact")],
-        "errors": [{"seed": r["seed"], **r["error"]} for r in runs if r["status"] == "error"],
-        "runs": runs,
+        "artifacts": [{"seed": s, "grid": r.attack.artifact} for s, r in seeded if r.ok and r.attack.artifact],
+        "errors": [r.error.to_json(s) for s, r in seeded if not r.ok],
+        "runs": [_run_entry(s, r) for s, r in seeded],
     }
 
 
@@ -264,7 +265,7 @@ def _summary(cells: list[dict[str, Any]]) -> dict[str, Any]:
     return {"cells": len(cells), **counts, "by_risk": by_risk, "worst": [c.cell_id for c in worst_cells(map(CellFigures.of, cells), 5)]}
 
 
-def _add_privacy_audits(plan: AuditPlan, results: Mapping[str, Mapping[str, Any]], utility: list[dict[str, Any]],
+def _add_privacy_audits(plan: AuditPlan, results: Mapping[str, JobResult], utility: list[dict[str, Any]],
                         cells: list[dict[str, Any]], summary: dict[str, Any]) -> None:
     """The DP audit beside each audited column's claim: ``privacy_audit`` and the bound among
     the component's figures in its utility entry, ``dp_violation`` on its cells, the violated
@@ -303,7 +304,7 @@ def _scenario_entry(spec: ScenarioSpec, plan: AuditPlan) -> dict[str, Any]:
     return entry
 
 
-def build(plan: AuditPlan, results: Mapping[str, Mapping[str, Any]], manifest: Mapping[str, Any]) -> dict[str, Any]:
+def build(plan: AuditPlan, results: Mapping[str, JobResult], manifest: Mapping[str, Any]) -> dict[str, Any]:
     """The scorecard of a finished plan; ``results``: every job's result by job key."""
     config, options = plan.config, plan.config.options
     utility_entries = _utility(plan, results)

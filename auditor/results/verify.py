@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from flaudit.auditor.results import scorecard
+from flaudit.auditor.running.results import JobResult
 from flaudit.core.errors import FlauditError
 
 LISTED = 20  # differences named at most
@@ -65,15 +66,15 @@ def differences(written: Any, rebuilt: Any, path: str) -> Iterator[str]:
         yield f"{path}: scorecard {_short(written)}, run folder {_short(rebuilt)}"
 
 
-def _stored_results(folder: Path) -> dict[str, Any]:
+def _stored_results(folder: Path) -> dict[str, JobResult]:
     from flaudit.auditor.running.store import CELLS
 
     records = {}
     for path in sorted((folder / CELLS).glob("*.json")):
         try:
             record = json.loads(path.read_text())
-            records[record["key"]] = record["result"]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError):
+            records[record["key"]] = JobResult.of(record["key"].split("-", 1)[0], record["result"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):  # NotWhole is a ValueError
             continue  # its digest check names it
     return records
 

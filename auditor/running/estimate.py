@@ -22,6 +22,7 @@ from flaudit.auditor.running.jobs import AttackJob, Job, Unit, plan_units
 from flaudit.core.jsonable import digest, to_json
 from flaudit.auditor.running.plan import AuditPlan, ScenarioMatrix
 from flaudit.auditor.running.progress import clock
+from flaudit.auditor.running.results import AttackOutcome, JobResult
 from flaudit.auditor.running.store import CELLS
 
 UTILITY = "utility (simulation)"
@@ -62,16 +63,17 @@ class Calibration:
         for path in sorted((out / CELLS).glob("*.json")) if (out / CELLS).is_dir() else ():
             try:
                 record = json.loads(path.read_text())
-                job, result = record["job"], record["result"]
-            except (OSError, ValueError, KeyError, TypeError):
+                job = record["job"]
+                result = JobResult.of(job["kind"], record["result"])
+            except (OSError, ValueError, KeyError, TypeError):  # NotWhole is a ValueError
                 continue
-            if result.get("status") != "ok":
+            if not result.ok:
                 continue
             attack = job.get("attack") if job.get("kind") == "attack" else None
             name = attack["name"] if attack else PRIVACY_AUDIT if job.get("kind") == PrivacyAuditJob.kind else UTILITY
             kind = job_cost_key(name, attack, job["scenario"])
-            seconds = float(result.get("seconds") or result.get("simulation_seconds") or 0.0)
-            timing = result.get("timing") or {}
+            seconds = result.seconds
+            timing = result.outcome.timing if isinstance(result.outcome, AttackOutcome) else {}
             if timing.get("prepare_seconds"):  # a model-shaping attack's private run
                 seconds += timing["prepare_seconds"] + timing.get("simulation_seconds", 0.0)
             measured[kind].append(seconds)

@@ -37,6 +37,7 @@ import torch
 from flaudit.auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput
 from flaudit.auditor.attacks.toolkit.preparation import Preparations
 from flaudit.auditor.privacy_audit.job import PrivacyAuditJob
+from flaudit.auditor.running.column_job import ColumnJob
 from flaudit.auditor.results.grids import GridRow, comparison_rows, rows_png
 from flaudit.core.errors import InvalidUpdateError
 from flaudit.core.jsonable import digest, to_json
@@ -75,25 +76,9 @@ class ResolvedComponent:
 
 
 @dataclass(frozen=True)
-class UtilityJob:
+class UtilityJob(ColumnJob):
     kind: ClassVar[str] = "utility"
-    scenario_label: str
-    defense_label: str
-    scenario: ScenarioConfig
-    defenses: tuple[ResolvedComponent, ...]
-    threads: int
     timeout_s: float | None = None  # a limit, not part of the result: not in the key
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind, "scenario_label": self.scenario_label, "defense_label": self.defense_label,
-            "scenario": to_json(self.scenario), "defenses": [d.describe() for d in self.defenses],
-            "threads": self.threads,
-        }
-
-    @property
-    def key(self) -> str:
-        return f"utility-{digest(self.describe())}"
 
 
 @dataclass(frozen=True)

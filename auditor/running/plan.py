@@ -213,7 +213,7 @@ def _audit_jobs(config: AuditConfig, scenario: ScenarioSpec, columns: tuple[Defe
         return []
     settings = AuditSettings(options.dp_audit_canaries, options.dp_audit_confidence, options.dp_audit_client)
     return [
-        PrivacyAuditJob(scenario.label, column.label, scenario.config.replace(seed=seed), column.components, settings, threads)
+        PrivacyAuditJob(scenario.label, column.label, scenario.config.replace(seed=seed), column.components, threads, settings)
         for column in columns if column.label not in rejects and any(claims_dp(c) for c in column.components)
         for seed in scenario.seeds
     ]

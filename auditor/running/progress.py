@@ -9,6 +9,8 @@ from typing import Any, TextIO
 
 from tqdm.auto import tqdm
 
+from flaudit.auditor.running.results import JobResult
+
 
 def job_label(job: Any) -> str:
     """The cell id of an attack job; ``utility scenario/defense`` or ``privacy_audit
@@ -38,9 +40,9 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
 
-    def finished(self, job: Any, result: dict[str, Any]) -> None:
+    def finished(self, job: Any, result: JobResult) -> None:
         self.done, self.fresh = self.done + 1, self.fresh + 1
-        self.failed += result["status"] != "ok"
+        self.failed += not result.ok
         if self.bar is not None:
             self.bar.set_postfix(failed=self.failed, refresh=False)
             self.bar.update(1)
@@ -48,7 +50,7 @@ class Progress:
             elapsed = time.perf_counter() - self.began
             eta = elapsed / self.fresh * (self.total - self.done)
             print(
-                f"[{self.done}/{self.total}] {job_label(job)}: {result['status']} in {result.get('seconds', 0.0):.1f} s"
+                f"[{self.done}/{self.total}] {job_label(job)}: {result.status} in {result.seconds:.1f} s"
                 f" (elapsed {clock(elapsed)}, eta {clock(eta)}, failed {self.failed})",
                 file=self.stream, flush=True,
             )

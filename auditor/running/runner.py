@@ -78,7 +78,7 @@ def _run(plan: AuditPlan, config: AuditConfig, options: RunOptions, executor, re
     with Progress(len(plan.jobs), resumed, options.progress) as progress:
         for job, result in executor.run(units):
             results[job.key] = store.save(job, result)
-            progress.finished(job, result)
+            progress.finished(job, results[job.key])
     facts = manifest(
         config_hash=config.config_hash,
         seeds=list(config.seeds),

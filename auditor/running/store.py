@@ -21,17 +21,13 @@ from typing import Any, Mapping
 from flaudit.auditor.results.artifact_paths import ARTIFACTS, check_relative
 from flaudit.auditor.running import prepared
 from flaudit.auditor.running.jobs import Job
+from flaudit.auditor.running.results import ERROR, AttackOutcome, JobError, JobResult, NotWhole
 from flaudit.core.jsonable import digest, to_json
 
 CELLS = "cells"
 JOB_FILE = re.compile(r"(utility|attack|privacy_audit)-[0-9a-f]{16}\.json")  # a stored job: <job key>.json
 GRID_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*-[0-9a-f]{8}-seed[0-9]+\.png")  # artifact_name()
 SLUG_CHARS = 80
-RESULT_KEYS = {  # what a stored ok result must hold to be reused
-    "utility": ("test_accuracy", "test_accuracy_by_round", "defense_figures"),
-    "attack": ("metrics", "attacked_round", "target_clients", "diagnostics", "test_accuracy_at_attack"),
-    "privacy_audit": ("canaries", "guesses", "claims"),
-}
 
 
 def atomic_write(path: Path, data: str | bytes) -> None:
@@ -60,20 +56,19 @@ def artifact_name(cell_id: str, seed: int) -> str:
     return f"{slug(cell_id)[:SLUG_CHARS] or 'cell'}-{digest(cell_id, 8)}-seed{seed}.png"
 
 
-def _whole(record: Any) -> bool:
-    """A stored record that can be reused: its own key, status ok, every field the scorecard reads."""
+def _reusable(record: Any) -> JobResult | None:
+    """A stored record that can be reused: its own key, status ok, every field the scorecard
+    reads (``JobResult.of`` parses it); None otherwise."""
     if not isinstance(record, Mapping) or not isinstance(record.get("key"), str):
-        return False
-    result = record.get("result")
-    kind = record["key"].split("-", 1)[0]
-    return (
-        isinstance(result, Mapping) and result.get("status") == "ok" and kind in RESULT_KEYS
-        and all(k in result for k in RESULT_KEYS[kind])
-        and (kind != "attack" or isinstance(result["metrics"], Mapping))
-    )
+        return None
+    try:
+        result = JobResult.of(record["key"].split("-", 1)[0], record.get("result"))
+    except (NotWhole, TypeError, ValueError):
+        return None
+    return result if result.ok else None
 
 
-def read_finished(out: Path) -> dict[str, dict[str, Any]]:
+def read_finished(out: Path) -> dict[str, JobResult]:
     """Stored results with status ok, by job key; unreadable or partial records are ignored
     (their jobs run again); one naming an artifact outside the folder is refused."""
     done = {}
@@ -84,13 +79,13 @@ def read_finished(out: Path) -> dict[str, dict[str, Any]]:
             record = json.loads(path.read_text())
         except (OSError, ValueError, RecursionError):
             continue
-        if not _whole(record) or path.stem != record["key"]:
+        result = _reusable(record)
+        if result is None or path.stem != record["key"]:
             continue
-        artifact = record["result"].get("artifact")
-        if artifact is not None:
+        if isinstance(result.outcome, AttackOutcome) and result.outcome.artifact is not None:
             cell = (record.get("job") or {}).get("cell_id", "?") if isinstance(record.get("job"), Mapping) else "?"
-            check_relative(artifact, f"stored job {path} (cell {cell!r})")
-        done[record["key"]] = record["result"]
+            check_relative(result.outcome.artifact, f"stored job {path} (cell {cell!r})")
+        done[record["key"]] = result
     return done
 
 
@@ -111,8 +106,9 @@ class ResultStore:
                 if pattern.fullmatch(path.name) and path.is_file() and not path.is_symlink():
                     path.unlink()
 
-    def save(self, job: Job, result: dict[str, Any]) -> dict[str, Any]:
-        """Persists one job's result (grid first, so a stored result's artifact exists)."""
+    def save(self, job: Job, result: dict[str, Any]) -> JobResult:
+        """Persists one job's result (grid first, so a stored result's artifact exists) and
+        returns it typed."""
         result = dict(result)
         png = result.pop("grid_png", None)
         if png is not None:
@@ -122,4 +118,7 @@ class ResultStore:
         result = to_json(result)
         record = {"key": job.key, "job": job.describe(), "result": result}
         atomic_write(self.cells / f"{job.key}.json", json.dumps(record, indent=1, allow_nan=False))
-        return result
+        try:
+            return JobResult.of(job.kind, result)
+        except NotWhole as exc:  # a job that reports ok without what the scorecard reads is that job's failure
+            return JobResult(ERROR, float(result.get("seconds") or 0.0), error=JobError("NotWhole", f"incomplete result: {exc}"))

@@ -41,8 +41,8 @@ def score(app, out: Path) -> None:
     for result in results:
         m = result.metrics
         print(f"round {result.server_round}: the canary's {m['n_targets']} images: recovered {m['recovery_rate']:.3f} "
-              f"({m['n_recovered']}), null {m['null_recovery_rate']:.3f} ({result.result['null']}), leakage {m['leakage']:.3f}"
-              + (f" - {result.result['diagnostics']['failure']}" if "failure" in result.result["diagnostics"] else ""))
+              f"({m['n_recovered']}), null {m['null_recovery_rate']:.3f} ({result.result.null}), leakage {m['leakage']:.3f}"
+              + (f" - {result.result.diagnostics['failure']}" if "failure" in result.result.diagnostics else ""))
     document = [{"server_round": r.server_round, **{k: v for k, v in r.result.items() if k != "grid_png"}} for r in results]
     (out / "red-team.json").write_text(json.dumps(document, indent=1))
 

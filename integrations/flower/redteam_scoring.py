@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 from flaudit.auditor.attacks.base import AttackerKnowledge
 from flaudit.auditor.running.config import AuditOptions
 from flaudit.auditor.running.jobs import AttackJob, ResolvedComponent, failed_result
+from flaudit.auditor.running.results import AttackOutcome
 from flaudit.integrations.flower.crafting import CraftedRound, ModelCrafter
 from flaudit.integrations.flower.replay import RecordedWorld, build_recorded_world, canary_trace
 from flaudit.scenarios.client import accuracy
@@ -30,11 +31,11 @@ from flaudit.scenarios.views import ServerView
 @dataclass(frozen=True)
 class RedTeamResult:
     server_round: int
-    result: dict[str, Any]  # an attack cell's result: metrics (recovery_rate, null_recovery_rate, leakage, ...), null, diagnostics
+    result: AttackOutcome  # as an audit cell's: metrics (recovery_rate, null_recovery_rate, leakage, ...), null, diagnostics
 
     @property
-    def metrics(self) -> dict[str, Any]:
-        return self.result["metrics"]
+    def metrics(self) -> Mapping[str, Any]:
+        return self.result.metrics
 
 
 def _record(world: RecordedWorld, index: int, crafted: CraftedRound) -> RoundRecord:
@@ -67,8 +68,8 @@ def score_red_team(crafter: ModelCrafter, config: ScenarioConfig, options: Audit
                         options.identifiable_margin_db, options.grid_images, options.threads)
         if crafted.failure is not None:
             roster = {0: len(recorded.canary.labels)}
-            results.append(RedTeamResult(recorded.round, failed_result(job, crafted.failure, crafted.details, roster)))
+            results.append(RedTeamResult(recorded.round, AttackOutcome.of(failed_result(job, crafted.failure, crafted.details, roster))))
             continue
         record = _record(world, index, crafted)
-        results.append(RedTeamResult(recorded.round, job.attack_on(world, record, knowledge, attack, private_copy=True)))
+        results.append(RedTeamResult(recorded.round, AttackOutcome.of(job.attack_on(world, record, knowledge, attack, private_copy=True))))
     return results
