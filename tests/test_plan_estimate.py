@@ -36,6 +36,8 @@ def test_plan_is_calibrated_from_a_finished_run(tmp_path):
     assert "?" not in rows["linear_leakage"] and "?" not in rows["utility"]
     assert "?" in rows["crashes"]  # it never finished a job: nothing to calibrate from
     assert "--executor ray --workers 4" in text
+    peak_mb = float(rows["linear_leakage"].split()[4])  # the job's process held torch and the world at least
+    assert 50 < peak_mb < 20000 and "max_memory_gb bounds each job" in text
 
 
 def test_progress_prints_one_line_per_job_off_a_terminal():

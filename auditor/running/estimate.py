@@ -13,7 +13,7 @@ from __future__ import annotations
 import heapq
 import json
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean
 
@@ -24,7 +24,9 @@ from flaudit.auditor.running.plan import AuditPlan, ScenarioMatrix
 from flaudit.auditor.running.progress import clock
 from flaudit.auditor.running.results import AttackOutcome, JobResult
 from flaudit.auditor.running.store import CELLS
+from flaudit.auditor.running.supervisor import memory_bound
 
+MB = 1024**2
 UTILITY = "utility (simulation)"
 PRIVACY_AUDIT = "dp audit (simulation)"
 
@@ -52,14 +54,17 @@ def cost_key(job: Job) -> str:
 
 @dataclass(frozen=True)
 class Calibration:
-    """Mean seconds per job kind, from the finished jobs of a run folder."""
+    """Mean seconds and the largest peak resident memory per job kind, from the finished jobs
+    of a run folder (runs before memory was recorded have none)."""
 
     seconds: dict[str, float]
     samples: dict[str, int]
+    peak_bytes: dict[str, int] = field(default_factory=dict)
 
     @staticmethod
     def from_run(out: Path) -> "Calibration":
         measured: dict[str, list[float]] = defaultdict(list)
+        peaks: dict[str, int] = {}
         for path in sorted((out / CELLS).glob("*.json")) if (out / CELLS).is_dir() else ():
             try:
                 record = json.loads(path.read_text())
@@ -77,7 +82,9 @@ class Calibration:
             if timing.get("prepare_seconds"):  # a model-shaping attack's private run
                 seconds += timing["prepare_seconds"] + timing.get("simulation_seconds", 0.0)
             measured[kind].append(seconds)
-        return Calibration({k: mean(v) for k, v in measured.items()}, {k: len(v) for k, v in measured.items()})
+            if result.peak_rss_bytes:
+                peaks[kind] = max(peaks.get(kind, 0), result.peak_rss_bytes)
+        return Calibration({k: mean(v) for k, v in measured.items()}, {k: len(v) for k, v in measured.items()}, peaks)
 
     def unit_seconds(self, unit: Unit) -> float | None:
         """A unit's estimated seconds; None when one of its kinds is uncalibrated."""
@@ -97,6 +104,11 @@ def makespan(durations: list[float], workers: int) -> float:
     return max(loads)
 
 
+def _bound_text(plan: AuditPlan, workers: int | None) -> str:
+    bound = memory_bound(plan.config.options.max_memory_gb, workers or 1)
+    return "not watched here" if bound is None else f"{bound / MB:.0f} MB per job with {workers or 1} worker(s)"
+
+
 def plan_text(plan: AuditPlan, calibration: Calibration, workers: int | None, source: Path) -> str:
     applicable = [c for c in plan.cells if not c.not_applicable]
     units = plan_units(plan.jobs)
@@ -113,15 +125,17 @@ def plan_text(plan: AuditPlan, calibration: Calibration, workers: int | None, so
         f"  attacks:   {', '.join(a.label for a in plan.attacks)}",
         f"jobs: {len(plan.jobs)} in {len(units)} simulation units ({plan.threads} thread(s) each)",
         "",
-        f"{'kind':<24} {'jobs':>5} {'s/job':>9} {'total':>9}  calibrated from",
+        f"{'kind':<24} {'jobs':>5} {'s/job':>9} {'total':>9} {'peak MB':>8}  calibrated from",
     ]
     for kind, count in sorted(kinds.items()):
+        peaks = [calibration.peak_bytes[key] for key in keys[kind] if key in calibration.peak_bytes]
+        peak = f"{max(peaks) / MB:.0f}" if peaks else "?"
         if all(key in calibration.seconds for key in keys[kind]):
             each = mean(calibration.seconds[key] for key in keys[kind])
             samples = sum(calibration.samples[key] for key in keys[kind])
-            lines.append(f"{kind:<24} {count:>5} {each:>9.1f} {clock(each * count):>9}  {samples} finished job(s)")
+            lines.append(f"{kind:<24} {count:>5} {each:>9.1f} {clock(each * count):>9} {peak:>8}  {samples} finished job(s)")
         else:
-            lines.append(f"{kind:<24} {count:>5} {'?':>9} {'?':>9}  none")
+            lines.append(f"{kind:<24} {count:>5} {'?':>9} {'?':>9} {peak:>8}  none")
     estimates = [calibration.unit_seconds(unit) for unit in units]
     known = [e for e in estimates if e is not None]
     missing = len(estimates) - len(known)
@@ -131,5 +145,9 @@ def plan_text(plan: AuditPlan, calibration: Calibration, workers: int | None, so
         lines.append(f"estimated wall time, --executor ray --workers {n}: {clock(makespan(known, n))}{suffix}")
     if missing:
         lines.append(f"calibrate: run these kinds once into {source} (or a part of the audit), then --plan again")
-    lines.append("peak memory per job: not measured by this estimate")
+    if calibration.peak_bytes:
+        lines.append(f"peak MB: the most resident memory a finished job's process held (its unit's simulation "
+                     f"included); [audit] max_memory_gb bounds each job ({_bound_text(plan, workers)})")
+    else:
+        lines.append("peak MB: not recorded by the finished jobs in the run folder (a run of this version records it)")
     return "\n".join(lines)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import random
+import resource
 import time
 import traceback
 from dataclasses import dataclass
@@ -343,9 +344,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def peak_resident_bytes() -> int | None:
+    """The most resident memory this process has held (since it was forked: a unit's child),
+    None where the OS does not say (Linux reports kilobytes)."""
+    try:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    except (OSError, ValueError):
+        return None
+
+
 def execute(unit: Unit, started: Callable[[int], None] = lambda index: None) -> Iterator[tuple[int, dict[str, Any]]]:
     """Runs ``unit`` with its thread count and seeded RNGs, yielding ``(index, result)`` per job
-    as each finishes; never raises: a failed simulation fails every job not yet finished."""
+    as each finishes, with the process's peak resident memory so far (the unit's simulation and
+    its jobs up to this one: what running this job needed); never raises: a failed simulation
+    fails every job not yet finished."""
     threads = torch.get_num_threads()
     torch.set_num_threads(unit.threads)
     seed_everything(derive_seed(unit.scenario.seed, SEED_STREAM, SIMULATION_STEP))
@@ -353,7 +365,7 @@ def execute(unit: Unit, started: Callable[[int], None] = lambda index: None) -> 
     try:
         for index, result in unit.stream(started):
             finished = index + 1
-            yield index, {"seconds": time.perf_counter() - began, **result}
+            yield index, {"seconds": time.perf_counter() - began, **result, "peak_rss_bytes": peak_resident_bytes()}
     except Exception as exc:  # noqa: BLE001 - a failing unit is recorded and the audit goes on
         plugins = [origin for d in unit.defenses if (origin := plugin_origin(d.cls))]
         origin = f"the simulation under {', '.join(plugins)}" if plugins else None

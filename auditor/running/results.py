@@ -119,6 +119,7 @@ class JobResult:
     seconds: float
     outcome: Outcome | None = None
     error: JobError | None = None
+    peak_rss_bytes: int | None = None  # the most resident memory of the process that ran it, up to its end
 
     @property
     def ok(self) -> bool:
@@ -129,12 +130,14 @@ class JobResult:
         """Parses a job's JSON result (``kind``: the job's kind); raises ``NotWhole``."""
         raw = _mapping(raw, "result")
         status, seconds = raw.get("status"), float(raw.get("seconds") or raw.get("simulation_seconds") or 0.0)
+        peak = raw.get("peak_rss_bytes")
+        peak = int(peak) if isinstance(peak, (int, float)) and not isinstance(peak, bool) else None
         if status == OK:
             if kind not in OUTCOMES:
                 raise NotWhole(f"unknown job kind {kind!r}")
-            return cls(OK, seconds, outcome=OUTCOMES[kind](raw))
+            return cls(OK, seconds, outcome=OUTCOMES[kind](raw), peak_rss_bytes=peak)
         if status == ERROR:
-            return cls(ERROR, seconds, error=JobError.of(raw.get("error")))
+            return cls(ERROR, seconds, error=JobError.of(raw.get("error")), peak_rss_bytes=peak)
         raise NotWhole(f"status {status!r}")
 
     @property

@@ -93,8 +93,9 @@ def _preload(units: Iterable[Unit]) -> None:
     multiprocessing.get_context("forkserver").set_forkserver_preload(sorted(modules))
 
 
-def _failure(kind: str, message: str, seconds: float) -> dict[str, Any]:
-    return {"status": "error", "seconds": seconds, "error": {"type": kind, "message": message, "traceback": ""}}
+def _failure(kind: str, message: str, seconds: float, peak: int) -> dict[str, Any]:
+    return {"status": "error", "seconds": seconds, "error": {"type": kind, "message": message, "traceback": ""},
+            "peak_rss_bytes": peak or None}
 
 
 @dataclass
@@ -188,7 +189,7 @@ class Supervisor:
             failed = pending[:1]  # a death is not the simulation's doing: the others try again
         else:
             failed = pending  # each of them would run the same simulation again
-        results = [(slot.unit.jobs[i], _failure(kind, message, elapsed)) for i in failed]
+        results = [(slot.unit.jobs[i], _failure(kind, message, elapsed, slot.peak)) for i in failed]
         return results, slot.unit.without(slot.finished | set(failed))
 
     def run(self, units: Iterable[Unit]) -> Iterator[tuple[Job, dict[str, Any]]]:
