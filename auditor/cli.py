@@ -1,5 +1,6 @@
 """The ``flaudit`` command line: ``list`` the registries, ``simulate`` a federation, ``run`` an
-audit, ``gate`` a candidate scorecard against a baseline, re-render a ``report``.
+audit, ``gate`` a candidate scorecard against a baseline, re-render a ``report``, ``reproduce``
+a paper's tables.
 
 Exit status: 0 success; 1 ``gate`` found regressions (or ``run --strict`` had failed cells);
 1 ``verify`` found a scorecard that differs from its run folder; 2 unusable input (config,
@@ -32,9 +33,11 @@ def _registries() -> dict[str, object]:
     from flaudit.scenarios.models import MODELS
     from flaudit.scenarios.partition import PARTITIONS
 
+    from flaudit.auditor.reproduce.registry import REPRODUCTIONS
+
     return {
         "scenario kinds": SCENARIO_KINDS, "datasets": DATASETS, "partitions": PARTITIONS, "models": MODELS,
-        "defenses": DEFENSES, "attacks": ATTACKS,
+        "defenses": DEFENSES, "attacks": ATTACKS, "reproductions": REPRODUCTIONS,
     }
 
 
@@ -184,6 +187,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from flaudit.auditor.reproduce.run import Request, reproduce
+
+    out = args.out or Path("runs") / f"reproduce-{args.name}{'-quick' if args.quick else ''}"
+    command = " ".join(["flaudit", *sys.argv[1:]]) if sys.argv[1:2] == ["reproduce"] else ""
+    request = Request(args.name, tuple(args.table), args.quick, out, args.threads, not args.no_progress, command)
+    path = reproduce(request)
+    print(path.read_text(), end="")
+    print(f"\ntables: {path}\nrows:   {path.parent / 'rows.json'}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flaudit", description="Privacy audits of federated-learning defenses."
@@ -232,6 +247,16 @@ def build_parser() -> argparse.ArgumentParser:
     p_verify = sub.add_parser("verify", help="exit 1 when a scorecard differs from its run folder (tamper evidence)")
     p_verify.add_argument("dir", type=Path, help="run folder (or its scorecard.json)")
     p_verify.set_defaults(func=cmd_verify)
+
+    p_repro = sub.add_parser("reproduce", help="re-measure a paper's tables; write them beside the published numbers")
+    p_repro.add_argument("name", help="the paper, e.g. scale-mia (`flaudit list` shows them)")
+    p_repro.add_argument("--out", type=Path, help="folder for table.md, rows.json and grids/ (default: runs/reproduce-NAME)")
+    p_repro.add_argument("--quick", action="store_true", help="a small version (minutes on 2 cores), as CI runs it")
+    p_repro.add_argument("--table", action="append", default=[], metavar="NAME",
+                         help="measure only this table (repeatable; default: all)")
+    p_repro.add_argument("--threads", type=int, default=1, help="torch threads (the numbers depend on it; default 1)")
+    p_repro.add_argument("--no-progress", action="store_true", help="no line per finished row")
+    p_repro.set_defaults(func=cmd_reproduce)
 
     p_report = sub.add_parser("report", help="re-render report.html and summary.md from a run folder's scorecard")
     p_report.add_argument("dir", type=Path, help="run folder (or its scorecard.json)")

@@ -42,7 +42,7 @@ from flaudit.auditor.running.column_job import ColumnJob
 from flaudit.auditor.results.grids import GridRow, comparison_rows, rows_png
 from flaudit.core.errors import InvalidUpdateError
 from flaudit.core.jsonable import digest, to_json
-from flaudit.auditor.metrics.leakage import against_nulls
+from flaudit.auditor.metrics.leakage import Leakage, against_nulls
 from flaudit.auditor.metrics.measures import Matching
 from flaudit.auditor.metrics.scoring import AttackOutputError, Criterion, Scored, score_output
 from flaudit.auditor.running.prepared import folder_store
@@ -132,14 +132,8 @@ class AttackJob:
         if unscored is not None:
             return unscored_result(output, unscored, attack_seconds, self.attacked_round, record, self.grid_images)
         began = time.perf_counter()
-        null_seed = derive_seed(self.scenario.seed, SEED_STREAM, NULL_STEP)
-        seed_everything(null_seed)
-        guesses = attack.nulls(view, knowledge, output, null_seed)
-        fill = next((g.output.images[0] for g in guesses if g.name == "mean" and len(g.output.images)), None)
-        criterion = Criterion(self.psnr_threshold, reference_pool(world), self.margin_db, fill)
-        scored = score_output(output, world, record.ground_truth, criterion)
-        null_scored = {g.name: score_output(g.output, world, record.ground_truth, criterion) for g in guesses}
-        leakage = against_nulls(scored.scores, {name: s.scores for name, s in null_scored.items()})
+        cell = score_cell(attack, view, knowledge, output, world, record, self.scenario.seed, self.psnr_threshold, self.margin_db)
+        scored, null_scored, leakage = cell.scored, cell.nulls, cell.leakage
         rated_by = [name for name, value in (("images", leakage.leakage), ("labels", leakage.label_leakage))
                     if value is not None and (name == "images" or attack.label_step is None)]
         result = {
@@ -158,6 +152,31 @@ class AttackJob:
                 scored.targets, scored.reconstructions, scored.matching, self.grid_images,
                 _null_row(null_scored.get(leakage.null_name), scored, leakage.null_name)))
         return result
+
+
+@dataclass(frozen=True)
+class ScoredCell:
+    """An attack's output and its nulls, scored on the same targets, matching and criterion."""
+
+    scored: Scored
+    nulls: dict[str, Scored]
+    leakage: Leakage
+
+
+def score_cell(
+    attack: Attack, view: Any, knowledge: AttackerKnowledge, output: AttackOutput, world: FLWorld, record: RoundRecord,
+    seed: int, psnr_threshold: float, margin_db: float,
+) -> ScoredCell:
+    """Scores ``output`` as the audit scores a cell: identifiable recovery (``psnr_threshold``
+    and ``margin_db`` over the non-member pool) against the attack's nulls, seeded from ``seed``."""
+    null_seed = derive_seed(seed, SEED_STREAM, NULL_STEP)
+    seed_everything(null_seed)
+    guesses = attack.nulls(view, knowledge, output, null_seed)
+    fill = next((g.output.images[0] for g in guesses if g.name == "mean" and len(g.output.images)), None)
+    criterion = Criterion(psnr_threshold, reference_pool(world), margin_db, fill)
+    scored = score_output(output, world, record.ground_truth, criterion)
+    nulls = {g.name: score_output(g.output, world, record.ground_truth, criterion) for g in guesses}
+    return ScoredCell(scored, nulls, against_nulls(scored.scores, {name: s.scores for name, s in nulls.items()}))
 
 
 def _null_row(null: Scored | None, scored: Scored, name: str | None) -> tuple[str, torch.Tensor, Matching] | None:
