@@ -191,7 +191,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from flaudit.auditor.reproduce.run import Request, reproduce
 
     out = args.out or Path("runs") / f"reproduce-{args.name}{'-quick' if args.quick else ''}"
-    command = " ".join(["flaudit", *sys.argv[1:]]) if sys.argv[1:2] == ["reproduce"] else ""
+    flags = [*(["--quick"] if args.quick else []), *(f"--table {t}" for t in args.table), f"--threads {args.threads}"]
+    command = " ".join(["flaudit reproduce", args.name, *flags, f"--out {out}"])
     request = Request(args.name, tuple(args.table), args.quick, out, args.threads, not args.no_progress, command)
     path = reproduce(request)
     print(path.read_text(), end="")

@@ -22,6 +22,7 @@ default parameters, ``quick`` a short one on less data.
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, TypeVar
@@ -50,6 +51,8 @@ LOCAL_BATCH = 8
 PHOTOS, FACES = "photo_patches", "lfw_subset"
 IMAGE_SIZE = {PHOTOS: None, FACES: 32}  # lfw_subset's 25x25 faces upscaled: the cnn halves 32 twice
 GRID_IMAGES = 16
+BUDGETS = ((1.0, 1e-5), (1.0, 1e-4), (5.0, 1e-5))  # the slides' (epsilon, delta)
+CLIPPING_ONLY_SIGMA = 1e-6
 AUDIT = AuditOptions()  # the audit's default criterion: psnr_threshold, identifiable_margin_db
 
 S = TypeVar("S")
@@ -61,13 +64,13 @@ S = TypeVar("S")
 @dataclass(frozen=True)
 class Federation:
     """One attacked FedAvg round: ``clients`` x ``per_client`` images of ``dataset`` (the
-    attacker holds ``auxiliary`` others), optionally DP-SGD at ``budget`` = (epsilon, delta)."""
+    attacker holds ``auxiliary`` others), optionally with DP-SGD (``dp``)."""
 
     dataset: str
     auxiliary: int
     clients: int
     per_client: int
-    budget: tuple[float, float] | None = None
+    dp: DPParams | None = None
 
     @property
     def local_batch(self) -> int:
@@ -90,6 +93,7 @@ class Bench:
         self.prepared = Preparations()
         self.worlds: dict[tuple[str, int], FLWorld] = {}
         self.autoencoder_seconds: dict[str, float] = {}
+        self.attacked: dict[tuple[Federation, int], Attacked] = {}  # a setting two tables share runs once
 
     def world(self, dataset: str, auxiliary: int) -> FLWorld:
         """All of ``dataset``'s training images but the ``auxiliary`` ones in one pool (client 0)."""
@@ -123,11 +127,16 @@ class Bench:
         return dataclasses.replace(world, clients=clients, config=config)
 
     def attack(self, federation: Federation, draw: int) -> Attacked:
+        if (federation, draw) not in self.attacked:
+            self.attacked[federation, draw] = self._attack(federation, draw)
+        return self.attacked[federation, draw]
+
+    def _attack(self, federation: Federation, draw: int) -> Attacked:
         """Prepare (shared), one FedAvg round with the crafted model, reconstruct, score."""
         world = self.federation(federation, draw)
         knowledge = AttackerKnowledge.of(world, self.prepared)
         attack = ScaleMia(self.params)
-        dp = [DPSGD(DPParams(target_epsilon=federation.budget[0], delta=federation.budget[1]))] if federation.budget else []
+        dp = [DPSGD(federation.dp)] if federation.dp else []
         hooks = compose(dp, world)
         hooks.server_model = server = attack.prepare(knowledge)
         records: list[Any] = []
@@ -256,9 +265,17 @@ def _split(profile: Profile, batch: int, dataset: str, auxiliary: int) -> Federa
     return Federation(dataset, auxiliary, profile.clients, batch // profile.clients)
 
 
+def _not_in(profile: Profile) -> str:
+    return f"not in the {profile.name} profile"
+
+
 def _batch_plan(profile: Profile, bench: Bench) -> list[Planned[Any]]:
-    rows = [Planned(BatchSetting(b, PHOTOS), PAPER_BATCH.get(b), _split(profile, b, PHOTOS, profile.auxiliary))
-            for b in profile.batches]
+    rows = [
+        Planned(BatchSetting(b, PHOTOS), PAPER_BATCH.get(b),
+                _split(profile, b, PHOTOS, profile.auxiliary) if b in profile.batches else None,
+                "" if b in profile.batches else _not_in(profile))
+        for b in sorted(set(PAPER_BATCH) | set(profile.batches))
+    ]
     face_pool = bench.pool_size(FACES, profile.face_auxiliary)
     for b in profile.face_batches:
         fits = b <= face_pool
@@ -280,14 +297,12 @@ def _clients_plan(profile: Profile, bench: Bench) -> list[Planned[Any]]:
 
 def _auxiliary_plan(profile: Profile, bench: Bench) -> list[Planned[Any]]:
     rows = []
+    pool = bench.train_size(PHOTOS)
     for size in sorted(set(profile.auxiliary_sizes) | set(PAPER_AUXILIARY)):
-        pool = bench.train_size(PHOTOS)
-        if size + profile.fixed_batch > pool:
-            rows.append(Planned(AuxiliarySetting(size), PAPER_AUXILIARY.get(size), None,
-                                f"photo_patches holds {pool} training images: not run"))
-        elif size in profile.auxiliary_sizes:
-            rows.append(Planned(AuxiliarySetting(size), PAPER_AUXILIARY.get(size),
-                                _split(profile, profile.fixed_batch, PHOTOS, size)))
+        fits, measured = size + profile.fixed_batch <= pool, size in profile.auxiliary_sizes
+        federation = _split(profile, profile.fixed_batch, PHOTOS, size) if fits and measured else None
+        note = "" if federation else _not_in(profile) if fits else f"photo_patches holds {pool} training images: not run"
+        rows.append(Planned(AuxiliarySetting(size), PAPER_AUXILIARY.get(size), federation, note))
     return rows
 
 
@@ -296,11 +311,18 @@ def _budget_label(budget: tuple[float, float] | None) -> str:
 
 
 def _dp_plan(profile: Profile, bench: Bench) -> list[Planned[Any]]:
-    return [
+    """The slides' budgets, and a row they lack: the clipping and Poisson sampling without the
+    noise, which tells the noise's share of what DP does to the attack from theirs."""
+    base = _split(profile, profile.fixed_batch, PHOTOS, profile.auxiliary)
+    rows = [
         Planned(DpSetting(_budget_label(budget)), PAPER_DP.get(budget),
-                dataclasses.replace(_split(profile, profile.fixed_batch, PHOTOS, profile.auxiliary), budget=budget))
+                dataclasses.replace(base, dp=None if budget is None else DPParams(target_epsilon=budget[0], delta=budget[1])))
         for budget in (None, *profile.budgets)
     ]
+    clipping = DPParams(noise_multiplier=CLIPPING_ONLY_SIGMA)
+    rows.append(Planned(DpSetting(f"clipping only (σ = {CLIPPING_ONLY_SIGMA:g})"), None, dataclasses.replace(base, dp=clipping),
+                        "not in the slides, not private: per-sample clipping and Poisson sampling without the noise"))
+    return rows
 
 
 def _local(profile: Profile) -> str:
@@ -314,8 +336,8 @@ TABLES = (
         "batch_size", "Reconstruction vs batch size (slides: CelebA 256x256)",
         lambda p: f"{p.clients} clients share the batch; {p.auxiliary} auxiliary photo_patches images "
                   f"({p.face_auxiliary} lfw_subset faces for the face rows). " + _local(p),
-        "our images are 32x32 (photo_patches crops; lfw_subset faces upscaled from 25x25 grayscale), not CelebA "
-        "256x256; clients train several local steps (the slides' number of local epochs per table is not given); "
+        "our images are 32x32 (photo_patches crops; lfw_subset's 160 training images, half faces, half non-faces, "
+        "upscaled from 25x25 grayscale), not CelebA 256x256; clients train several local steps (the slides' number of local epochs per table is not given); "
         "times are our CPU's, for 32x32 images.",
         _batch_plan,
     ),
@@ -351,13 +373,19 @@ TABLE_NAMES = tuple(t.name for t in TABLES)
 QUICK = Profile(
     name="quick", attack=ScaleMiaParams(ae_epochs=30), auxiliary=200, face_auxiliary=96, draws=1,
     batches=(32, 128), face_batches=(32,), client_counts=(5, 10), client_total=40, auxiliary_sizes=(100, 200),
-    budgets=((1.0, 1e-5),),
+    budgets=BUDGETS,
 )
 FULL = Profile(
     name="full", attack=ScaleMiaParams(), auxiliary=500, face_auxiliary=96, draws=2,
     batches=(32, 64, 128, 256, 512), face_batches=(32, 64), client_counts=(5, 10, 15, 20, 30), client_total=120,
-    auxiliary_sizes=(250, 500, 1000), budgets=((1.0, 1e-5), (1.0, 1e-4), (5.0, 1e-5)),
+    auxiliary_sizes=(250, 500, 1000), budgets=BUDGETS,
 )
+
+
+def grid_name(table: str, setting: Any) -> str:
+    """``batch_size-32-photo_patches.png``: the table and the setting's values, file-name safe."""
+    values = "-".join(str(v) for v in to_json(setting).values())
+    return f"{table}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', values).strip('_')}.png"
 
 
 class ScaleMiaReproduction(Reproduction):
@@ -377,12 +405,12 @@ class ScaleMiaReproduction(Reproduction):
         grids: dict[str, bytes] = {}
         for spec in (t for t in TABLES if t.name in tables):
             rows = []
-            for index, planned in enumerate(spec.plan(profile, bench)):
+            for planned in spec.plan(profile, bench):
                 row, grid = self._row(bench, profile, planned)
                 rows.append(row)
                 row_done(spec.name, row)
                 if grid is not None:
-                    grids[f"{spec.name}-{index}.png"] = grid
+                    grids[grid_name(spec.name, planned.setting)] = grid
             done.append(Table(spec.name, spec.title, spec.setup(profile), spec.differences, tuple(rows)))
         notes = {"autoencoder_seconds": bench.autoencoder_seconds}
         return Measurement(done, grids, notes)
