@@ -38,7 +38,8 @@ def test_quick_batch_table_beside_the_paper(quick_batch):
     assert code == 0
     text = (out / "table.md").read_text()
     header = next(line for line in text.splitlines() if line.startswith("| batch"))
-    for column in ("paper rate", "our rate", "our null", "isolation bound", "paper PSNR", "our PSNR", "paper s", "our s"):
+    for column in ("paper rate", "our rate", "our null", "isolation bound", "paper PSNR", "our PSNR, recovered",
+                   "our PSNR, returned", "paper s", "our s"):
         assert f"| {column} |" in header
     assert "| 32 | photo_patches | 0.95 |" in text and "| 128 | photo_patches | 0.87 |" in text
     assert "| 32 | lfw_subset | 0.95 |" in text
@@ -78,14 +79,14 @@ def test_every_quick_table(tmp_path):
 def test_markdown_keeps_every_paper_row_and_says_why_one_is_not_run():
     """A paper row we cannot run stays in the table with its published numbers and the reason;
     a DP row shows what the defense spent."""
-    measured = Measured(0.5, 0.0, 0.78, 25.0, 0.1, 128, 64, 8, 1, Privacy(0.99, 1e-5, 2.5))
+    measured = Measured(0.5, 0.0, 0.78, 25.0, 22.0, 0.1, 128, 64, 8, 1, Privacy(0.99, 1e-5, 2.5))
     table = Table("auxiliary", "Aux", "setup", "differences", (
         Row(AuxiliarySetting(500), Published(0.95, 23.41), measured),
         Row(AuxiliarySetting(50000), Published(0.76, 23.12), None, "photo_patches holds 1230 training images: not run"),
     ))
     text = markdown(table)
-    assert "| 500 | 0.95 | **0.500** | 0.000 | 0.780 | 23.41 | 25.00 |" in text
-    assert "| 50000 | 0.76 | — | — | — | 23.12 | — |" in text and "not run |" in text
+    assert "| 500 | 0.95 | **0.500** | 0.000 | 0.780 | 23.41 | 25.00 | 22.00 |" in text
+    assert "| 50000 | 0.76 | — | — | — | 23.12 | — | — |" in text and "not run |" in text
     assert "| ε spent | σ |" in text and "| 0.99 | 2.5 |" in text
 
 

@@ -97,5 +97,7 @@ def _header(reproduction: Reproduction, request: Request, seconds: float, measur
         f"({'quick' if request.quick else 'full'} profile, {request.threads} torch thread(s), torch {torch.__version__}), "
         f"{clock(seconds)} wall time. Rates are identifiable recovery as the audit scores a cell; the null is the "
         f"attack's best data-blind guess on the same targets; the isolation bound is the share of targets alone in "
-        f"a bin, the most any selection can recover. Grids of each row: `{GRIDS}/`.\n\n{notes}"
+        f"a bin, the most any selection can recover. PSNR, recovered: the mean over the identifiably recovered targets; returned: "
+        f"over every returned image and its matched target. Times: the reconstruction (phase 2) alone. Grids of each "
+        f"row (best-recovered targets above the reconstructions): `{GRIDS}/`.\n\n{notes}"
     )

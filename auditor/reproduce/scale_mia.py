@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, TypeVar
 
@@ -32,6 +33,7 @@ import torch
 from flaudit.auditor.attacks.base import AttackerKnowledge
 from flaudit.auditor.attacks.scale_mia import ScaleMia, ScaleMiaParams
 from flaudit.auditor.attacks.toolkit.preparation import Preparations
+from flaudit.auditor.metrics.measures import PSNR_CEILING
 from flaudit.auditor.reproduce.registry import Measurement, Reproduction, RowDone, register_reproduction
 from flaudit.auditor.reproduce.tables import Measured, Privacy, Published, Row, Table, setting_field
 from flaudit.auditor.results.grids import comparison_rows, rows_png
@@ -39,6 +41,7 @@ from flaudit.auditor.running.config import AuditOptions
 from flaudit.auditor.running.jobs import ATTACK_STEP, SEED_STREAM, SIMULATION_STEP, score_cell, seed_everything
 from flaudit.core.errors import ConfigError
 from flaudit.core.jsonable import to_json
+from flaudit.core.tables import one_line
 from flaudit.defenses.base import compose
 from flaudit.defenses.dp import DPSGD, DPParams
 from flaudit.scenarios.fedavg import FedAvgSimulation
@@ -150,40 +153,47 @@ class Bench:
         seconds = time.perf_counter() - began
         cell = score_cell(attack, record.server_view, knowledge, output, world, record, SEED,
                           AUDIT.psnr_threshold, AUDIT.identifiable_margin_db)
-        scores, leakage = cell.scored.scores, cell.leakage
+        scores, leakage, matching = cell.scored.scores, cell.leakage, cell.scored.matching
         privacy = None
         if dp:
-            figures = dp[0].figures()
+            with warnings.catch_warnings():  # RDP at a tiny sigma: its optimal order is the smallest one
+                warnings.filterwarnings("ignore", message="Optimal order is the smallest alpha")
+                figures = dp[0].figures()
             privacy = Privacy(figures["epsilon"], figures["delta"], figures["noise_multiplier"])
         measured = Measured(
             rate=scores.recovery_rate or 0.0,
             null_rate=leakage.null_recovery_rate or 0.0,
             bound=float(output.diagnostics["isolation_bound"]),
             psnr=scores.psnr_recovered_mean,
+            returned_psnr=float(matching.psnr.clamp(max=PSNR_CEILING).mean()) if matching is not None else None,
             seconds=seconds,
             targets=scores.n_targets,
             returned=scores.n_reconstructed,
             local_steps=max(len(trace.batches) for trace in record.ground_truth.values()),
             draws=1,
             privacy=privacy,
+            diagnostics={k: float(v) for k, v in output.diagnostics.items()},
         )
         grid = None
-        if cell.scored.matching is not None:
-            grid = rows_png(comparison_rows(cell.scored.targets, cell.scored.reconstructions, cell.scored.matching, GRID_IMAGES))
+        if matching is not None:
+            grid = rows_png(comparison_rows(cell.scored.targets, cell.scored.reconstructions, matching, GRID_IMAGES))
         return Attacked(measured, grid)
 
 
 def mean_of(draws: list[Measured]) -> Measured:
-    """The draws' mean (PSNR over the draws that recovered any target)."""
-    psnrs = [m.psnr for m in draws if m.psnr is not None]
+    """The draws' mean (PSNRs over the draws that have one)."""
 
     def mean(get: Callable[[Measured], float]) -> float:
         return sum(get(m) for m in draws) / len(draws)
 
+    def mean_known(get: Callable[[Measured], float | None]) -> float | None:
+        known = [get(m) for m in draws if get(m) is not None]
+        return sum(known) / len(known) if known else None
+
     return dataclasses.replace(
         draws[0], rate=mean(lambda m: m.rate), null_rate=mean(lambda m: m.null_rate), bound=mean(lambda m: m.bound),
-        psnr=sum(psnrs) / len(psnrs) if psnrs else None, seconds=mean(lambda m: m.seconds),
-        returned=round(mean(lambda m: m.returned)), draws=len(draws),
+        psnr=mean_known(lambda m: m.psnr), returned_psnr=mean_known(lambda m: m.returned_psnr), seconds=mean(lambda m: m.seconds),
+        targets=round(mean(lambda m: m.targets)), returned=round(mean(lambda m: m.returned)), draws=len(draws),
     )
 
 
@@ -319,7 +329,7 @@ def _dp_plan(profile: Profile, bench: Bench) -> list[Planned[Any]]:
                 dataclasses.replace(base, dp=None if budget is None else DPParams(target_epsilon=budget[0], delta=budget[1])))
         for budget in (None, *profile.budgets)
     ]
-    clipping = DPParams(noise_multiplier=CLIPPING_ONLY_SIGMA)
+    clipping = DPParams(noise_multiplier=CLIPPING_ONLY_SIGMA, accountant="rdp")  # PRV's grid would need petabytes
     rows.append(Planned(DpSetting(f"clipping only (σ = {CLIPPING_ONLY_SIGMA:g})"), None, dataclasses.replace(base, dp=clipping),
                         "not in the slides, not private: per-sample clipping and Poisson sampling without the noise"))
     return rows
@@ -422,7 +432,10 @@ class ScaleMiaReproduction(Reproduction):
             return Row(planned.setting, planned.published, None, planned.note), None
         pool = bench.pool_size(federation.dataset, federation.auxiliary)
         draws = max(1, min(profile.draws, pool // (federation.clients * federation.per_client)))
-        attacked = [bench.attack(federation, draw) for draw in range(draws)]
+        try:
+            attacked = [bench.attack(federation, draw) for draw in range(draws)]
+        except Exception as exc:  # noqa: BLE001 - a failed row is recorded, as the audit records a cell's error
+            return Row(planned.setting, planned.published, None, f"error: {type(exc).__name__}: {one_line(str(exc))}"), None
         return Row(planned.setting, planned.published, mean_of([a.measured for a in attacked]), planned.note), attacked[0].grid_png
 
 

@@ -49,12 +49,14 @@ class Measured:
     null_rate: float  # the attack's larger null: the same targets, matching and criterion
     bound: float  # isolation bound (imprint attacks): the share alone in a bin
     psnr: float | None  # mean PSNR (dB) of the recovered targets; None when none was recovered
+    returned_psnr: float | None  # mean PSNR of every returned image to its matched target; None: none returned
     seconds: float  # the reconstruction alone (phase 2), wall clock
     targets: int  # samples in the attacked round (all clients)
     returned: int  # images the attack returned
     local_steps: int  # SGD steps each client took
     draws: int
     privacy: Privacy | None = None
+    diagnostics: dict[str, float] = dataclasses.field(default_factory=dict)  # the attack's own, first draw (JSON only)
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,8 @@ COLUMNS = (
     Column("our null", _measured(lambda m: m.null_rate, lambda v: f"{v:.3f}")),
     Column("isolation bound", _measured(lambda m: m.bound, lambda v: f"{v:.3f}")),
     Column("paper PSNR", _published(lambda p: p.psnr, 2)),
-    Column("our PSNR", _measured(lambda m: m.psnr, lambda v: _number(v, 2))),
+    Column("our PSNR, recovered", _measured(lambda m: m.psnr, lambda v: _number(v, 2))),
+    Column("our PSNR, returned", _measured(lambda m: m.returned_psnr, lambda v: _number(v, 2))),
     Column("paper s", _published(lambda p: p.seconds, 3)),
     Column("our s", _measured(lambda m: m.seconds, lambda v: f"{v:.3f}")),
     Column("returned / targets", _measured(lambda m: m, lambda m: f"{m.returned} / {m.targets}")),
