@@ -16,7 +16,7 @@ import pytest
 
 from flaudit.auditor.cli import main
 from flaudit.auditor.reproduce.registry import REPRODUCTIONS
-from flaudit.auditor.reproduce.scale_mia import FULL, PAPER_BATCH, QUICK, TABLES, AuxiliarySetting, Bench
+from flaudit.auditor.reproduce.scale_mia import BUDGETS, FULL, PAPER_BATCH, QUICK, TABLES, AuxiliarySetting, Bench
 from flaudit.auditor.reproduce.tables import Measured, Privacy, Published, Row, Table, markdown
 
 
@@ -73,7 +73,10 @@ def test_every_quick_table(tmp_path):
     document = json.loads((tmp_path / "rows.json").read_text())
     assert [t["name"] for t in document["tables"]] == ["batch_size", "clients", "auxiliary", "dp"]
     dp = _measured_rows(document, "dp")
-    assert dp[0]["measured"]["privacy"] is None and all(r["measured"]["privacy"]["epsilon"] <= 1.0 + 1e-6 for r in dp[1:])
+    assert dp[0]["measured"]["privacy"] is None
+    for row, (epsilon, delta) in zip(dp[1:4], BUDGETS):  # each slide budget spent, not exceeded
+        privacy = row["measured"]["privacy"]
+        assert privacy["delta"] == delta and 0.9 * epsilon <= privacy["epsilon"] <= epsilon * 1.001
 
 
 def test_markdown_keeps_every_paper_row_and_says_why_one_is_not_run():
@@ -108,6 +111,7 @@ def test_full_profile_plans_the_slides_rows():
 @pytest.mark.parametrize("argv, message", [
     (["reproduce", "nosuch"], "unknown reproduction 'nosuch'"),
     (["reproduce", "scale-mia", "--table", "nosuch"], "reproduction 'scale-mia' has no table 'nosuch'; its tables: batch_size"),
+    (["reproduce", "scale-mia", "--threads", "0"], "--threads must be at least 1, got 0"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(argv, message, tmp_path, capsys):
     assert main([*argv, "--out", str(tmp_path / "out")]) == 2

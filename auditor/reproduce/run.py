@@ -70,6 +70,8 @@ def reproduce(request: Request) -> Path:
     """Measures the request's tables and writes the folder; returns ``table.md``'s path."""
     reproduction = REPRODUCTIONS.get(request.name)
     tables = selected_tables(reproduction, request.name, request.tables)
+    if request.threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {request.threads}")
     torch.set_num_threads(request.threads)
     began = time.perf_counter()
     measurement = reproduction.measure(tables, request.quick, RowLines(request.progress))
