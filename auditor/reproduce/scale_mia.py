@@ -262,8 +262,7 @@ class DpSetting:
 
 PAPER_BATCH = {32: Published(0.95, 23.41, 0.068), 64: Published(0.92, 23.30, 0.095), 128: Published(0.87, 23.19, 0.154),
                256: Published(0.76, 23.12, 0.224), 512: Published(0.60, 22.64, 0.332)}
-PAPER_CLIENTS = Published(remark="not affected")
-PAPER_CLIENT_TIME = "linear in clients, small"
+PAPER_CLIENTS = Published("not affected", "not affected", "linear in clients, small")
 PAPER_AUXILIARY = {500: Published(0.95, 23.41), 1500: Published(0.92, 23.30), 5000: Published(0.87, 23.19),
                    50000: Published(0.76, 23.12)}
 PAPER_DP = {None: Published(0.87, 23.19), (1.0, 1e-5): Published(0.86, 23.16), (1.0, 1e-4): Published(0.86, 22.86),
@@ -298,8 +297,7 @@ def _batch_plan(profile: Profile, bench: Bench) -> list[Planned[Any]]:
 def _clients_plan(profile: Profile, bench: Bench) -> list[Planned[Any]]:
     return [
         Planned(ClientsSetting(n, profile.client_total // n),
-                dataclasses.replace(PAPER_CLIENTS, remark=f"{PAPER_CLIENTS.remark}; time {PAPER_CLIENT_TIME}")
-                if PAPER_CLIENT_RANGE[0] <= n <= PAPER_CLIENT_RANGE[1] else None,
+                PAPER_CLIENTS if PAPER_CLIENT_RANGE[0] <= n <= PAPER_CLIENT_RANGE[1] else None,
                 Federation(PHOTOS, profile.auxiliary, n, profile.client_total // n))
         for n in profile.client_counts
     ]

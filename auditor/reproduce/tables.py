@@ -21,15 +21,16 @@ def setting_field(header: str, **kwargs: Any) -> Any:
     return dataclasses.field(metadata={"header": header}, **kwargs)
 
 
+Claim = float | str | None  # a published number, the paper's words where it gives none, or nothing
+
+
 @dataclass(frozen=True)
 class Published:
-    """What the paper reports for a row; None where it gives no number, ``remark`` for a
-    qualitative claim instead ("not affected")."""
+    """What the paper reports for a row: a number, its words instead ("not affected"), or None."""
 
-    rate: float | None = None
-    psnr: float | None = None
-    seconds: float | None = None
-    remark: str = ""
+    rate: Claim = None
+    psnr: Claim = None
+    seconds: Claim = None
 
 
 @dataclass(frozen=True)
@@ -87,13 +88,10 @@ class Column:
     shown: Callable[[Table[Any]], bool] = lambda table: True
 
 
-def _published(get: Callable[[Published], float | None], digits: int) -> Callable[[Row[Any]], str]:
+def _published(get: Callable[[Published], Claim], digits: int) -> Callable[[Row[Any]], str]:
     def cell(row: Row[Any]) -> str:
-        p = row.published
-        if p is None:
-            return MISSING
-        value = get(p)
-        return _number(value, digits) if value is not None or not p.remark else p.remark
+        claim = None if row.published is None else get(row.published)
+        return claim if isinstance(claim, str) else _number(claim, digits)
 
     return cell
 
