@@ -22,7 +22,7 @@ almost all of it through the imprint rows' own update, whose effect grows with t
 squared norm), so a sample leaves its share in several intervals and samples of different steps
 share intervals. Two measures answer it: the encoder's ReLU scale invariance, balanced by one
 simulated step on auxiliary data (``balanced_scales``: the latent shrinks ~5x and the bins move
-~20x less at the same function), and ``merge_visits`` (a sample's visits solve to the same
+~10-20x less at the same function), and ``merge_visits`` (a sample's visits solve to the same
 latent and their shares add up to one sample's). The readout's own update limits the rest: its
 columns stop being identical, and making the bins' pre-activations wider to slow them down
 speeds the readout up by the same factor (measured in the tests). Supported models (``MODEL_ADAPTERS``): ``cnn`` (encoder conv-conv, imprint = the
