@@ -303,14 +303,15 @@ def test_must_show_one_client_mean_over_seeds(one_client):
 @pytest.mark.parametrize("secure", [False, True], ids=["aggregate", "secagg"])
 def test_must_show_eight_clients_two_epochs(secure):
     """8 clients x 16 images, E=2 epochs of B=8 (4 momentum steps each), K=512, averaged over 5
-    seeds: within 10 points of the bound on the plain aggregate. Under real secure aggregation
-    the fixed-point grid adds noise to the block's (calibrated, small) update: reported, with a
-    looser floor."""
+    seeds, the gain calibrated on a simulated client of the clients' size (16: public in FedAvg,
+    every update is weighted by it): within 10 points of the bound on the plain aggregate and
+    within 5 through real secure aggregation, whose fixed-point step is what the calibrated
+    block's update must stay above."""
     bound = isolation_bound(128, 512)
     rows = []
     for seed in range(5):
         config = patches(8, 16, local_epochs=2, batch_size=8, seed=seed)
-        result = attack_round(RobbingTheFed(), config, [SecAgg()] if secure else ())
+        result = attack_round(RobbingTheFed(RtfParams(calibration_samples=16)), config, [SecAgg()] if secure else ())
         _, at30 = scores(result, 30.0)
         _, at20 = scores(result, 20.0)
         oracle = isolated_fraction(result.view.model.block.bin_of(result.targets))
@@ -321,10 +322,7 @@ def test_must_show_eight_clients_two_epochs(secure):
     print(f"\nRTF 8x16 E=2 B=8 {'secagg' if secure else 'aggregate'}: rate@30dB per seed {[round(r[0], 3) for r in rows]} "
           f"mean={mean30:.3f}, rate@20dB mean={mean20:.3f}, oracle isolated mean={oracle:.3f}, bound={bound:.3f}, "
           f"median PSNR={median:.1f} grid={path}")
-    if secure:
-        assert mean20 >= 0.6 * bound
-    else:
-        assert mean30 >= bound - 0.1
+    assert mean30 >= bound - (0.05 if secure else 0.1)
 
 
 def test_a_diverging_crafted_model_is_the_attacks_failure_not_an_error(tmp_path):

@@ -16,8 +16,20 @@ import pytest
 import torch
 
 from flaudit.auditor.attacks.base import AttackerKnowledge
+from flaudit.auditor.attacks.toolkit import nulls
 from flaudit.auditor.attacks.toolkit.imprint import gradient_estimate, isolated_fraction, isolation_bound
-from flaudit.auditor.attacks.scale_mia import LEAKAGE_LAYERS, MODEL_ADAPTERS, ScaleMia, ScaleMiaParams, adapter_for
+from flaudit.auditor.attacks.scale_mia import (
+    LEAKAGE_LAYERS,
+    MODEL_ADAPTERS,
+    ScaleMia,
+    ScaleMiaParams,
+    ScaleMiaServer,
+    adapter_for,
+    drift_by_group,
+    install,
+    merge_visits,
+)
+from flaudit.auditor.metrics.measures import match_reconstructions, summarize
 from flaudit.defenses.base import compose
 from flaudit.defenses.secagg import SecAgg
 from flaudit.core.errors import ConfigError, FlauditError
@@ -79,6 +91,76 @@ def test_reconstruction_reads_the_aggregate_only(cnn_round):
     attack, result = cnn_round
     hidden = dataclasses.replace(result.view, uploads=None, transcript={})
     assert torch.equal(attack.reconstruct(hidden, result.knowledge).images, result.output.images)
+
+
+def blind_rate(result: Attacked, threshold: float) -> float:
+    """What a data-blind attacker matches: as many of its own auxiliary images as there are
+    targets (photo_patches holds many flat patches, so this is far from 0 at 18 dB)."""
+    guess = nulls.drawn(result.knowledge.auxiliary.images, len(result.targets), torch.Generator().manual_seed(0))
+    return summarize(match_reconstructions(guess, result.targets), len(result.targets), threshold).recovery_rate
+
+
+def test_balanced_encoder_keeps_the_function_and_slows_the_bins(cnn_round):
+    """The encoder's ReLU scale invariance: with the balanced scales the crafted model computes
+    the same logits as without, and one simulated local step moves its bins several times less
+    (the imprint rows' own update, which grows with the latent's squared norm, dominates)."""
+    attack, result = cnn_round
+    world, hook = result.world, attack.server
+    balanced = hook.before_round(0, world.new_model())
+    assert len(hook.scales) == 2 and float(hook.scales[-1]) < 1.0
+    plain = world.new_model()
+    adapter = adapter_for(plain)
+    install(adapter.layers(plain, (3, 32, 32)), hook.crafting.autoencoder.encoder, hook.crafting.layers, torch.ones(0))
+    images, labels = world.auxiliary.images[:8], world.auxiliary.labels[:8]
+    with torch.no_grad():
+        torch.testing.assert_close(balanced(images), plain(images), rtol=1e-4, atol=1e-5)
+
+    def drift(model):
+        return sum(drift_by_group(model, adapter.layers(model, (3, 32, 32)), images, labels, 0.05).values())
+
+    assert drift(balanced) < drift(plain) / 3, (drift(balanced), drift(plain))
+
+
+def test_merge_visits_sums_one_samples_shares():
+    """Two visits of one latent (halves of a share) are one sample; a lone full share is one;
+    two distinct latents' full shares stay two; an over-full group is dropped."""
+    a, b, c = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]), torch.tensor([1.0, 1.0])
+    latents = torch.stack([a, a * 1.001, b, c, c])
+    shares = torch.tensor([0.5, 0.5, 1.0, 1.0, 1.0])
+    kept = merge_visits(latents, shares, (0.4, 1.3), 0.01)
+    assert len(kept) == 2  # a (merged visits), b; the two c's sum to two samples
+    assert torch.cdist(kept, torch.stack([a * 1.0005, b])).min(0).values.max() < 1e-6
+    assert len(merge_visits(latents, shares, (0.4, 1.3), 0.0)) == 3  # only identical latents merge: a, a', b
+
+
+@pytest.fixture(scope="module")
+def multi_step_round():
+    """Two clients of 32 images, E=2 epochs of B=16 (four local steps each, every sample
+    twice), the 10-epoch autoencoder of ``cnn_round`` (same data: the preparation is shared)."""
+    attack = ScaleMia(FAST_AE)
+    return attack, attack_round(attack, patches(2, 32, local_epochs=2, batch_size=16))
+
+
+def test_multi_step_round_leaks_beyond_a_data_blind_guess(multi_step_round):
+    """Several local steps per client: the recovery stays near the bound and well above what
+    the attacker's own images match (without the balanced encoder and the merged visits, the
+    attack recovers ~0.38 here, as much as the blind guess)."""
+    attack, result = multi_step_round
+    _, at18 = scores(result, 18.0)
+    bound, blind = isolation_bound(64, 512), blind_rate(result, 18.0)
+    assert at18.recovery_rate >= 0.65 * bound and at18.recovery_rate >= blind + 0.25, (at18.recovery_rate, bound, blind)
+
+
+def test_multi_step_selection_reads_the_update(multi_step_round):
+    """The same round with the update's crafted rows shuffled (what an attacker that ignores
+    the update's structure has): nothing is kept."""
+    attack, result = multi_step_round
+    view = result.view
+    update = view.layout.unflatten(view.aggregate)
+    key = "classifier.0.weight"
+    update[key] = update[key][torch.randperm(len(update[key]), generator=torch.Generator().manual_seed(0))]
+    shuffled = dataclasses.replace(view, aggregate=torch.cat([update[name].flatten() for name in update]))
+    assert len(attack.reconstruct(shuffled, result.knowledge).images) <= 2
 
 
 def test_mlp_leaks_exact_pixels():
@@ -217,21 +299,38 @@ def test_batch_size_table(trained):
     print("\nScale-MIA cnn, 4 clients, photo_patches 32x32:\n" + "\n".join(lines))
 
 
+# Floors of the local-steps table (ratio of the rate at 18 dB to the isolation bound), measured
+# with margin: the issue's 0.9 is met at B=32 (one step per epoch; 0.88-1.06 over autoencoder
+# trainings); at B=16 the readout's own training (its columns stop being identical) limits what
+# the crafting can hold; at B=8 the attack matches no more than the data-blind guess (~0.34 of
+# photo_patches' targets at 18 dB): no floor would test it.
+LOCAL_STEP_FLOORS = {32: 0.85, 16: 0.6}
+
+
 @pytest.mark.slow
-def test_secure_aggregation_and_local_steps(trained):
-    """Through real secure aggregation the rate is the plain one. With several local steps the
-    crafted model moves while clients train: recall falls (reported), but what is returned
-    stays real: >= 70 % of the returned images match a target at >= 18 dB."""
+def test_local_steps_table(trained):
+    """4 clients x 32 images, E in {1, 2, 5} x B in {8, 16, 32}, on the plain aggregate and
+    through real secure aggregation: rate at 18 dB against the bound, the recovered images'
+    PSNR, and what the attacker's own images match (the data-blind guess). Secure aggregation
+    changes nothing (the crafted rows' update is far above its fixed-point step)."""
     bound = isolation_bound(128, 512)
-    secure = run_slice(trained, 32, 0, defenses=[SecAgg()])
-    _, at18 = scores(secure, 18.0)
-    lines = [f"secagg E=1 B=32: rate@18dB={at18.recovery_rate:.3f} (bound {bound:.3f})"]
-    assert at18.recovery_rate >= 0.95 * bound - 0.05
-    for epochs, batch in ((1, 16), (2, 32), (1, 8)):
-        result = run_slice(trained, 32, 0, epochs=epochs, batch=batch)
-        matching, at18 = scores(result, 18.0)
-        returned = len(result.output.images)
-        precise = int((matching.psnr >= 18).sum()) / max(returned, 1)
-        lines.append(f"E={epochs} B={batch}: rate@18dB={at18.recovery_rate:.3f}, returned {returned}, {precise:.0%} of them >= 18 dB")
-        assert returned == 0 or precise >= 0.7
-    print("\nScale-MIA 4x32 cnn:\n" + "\n".join(lines))
+    lines = ["E | B  | secagg | rate@18dB | bound | ratio | PSNR dB | blind@18dB | returned"]
+    below, apart = [], []
+    for epochs in (1, 2, 5):
+        for batch in (8, 16, 32):
+            rates = {}
+            for secure in (False, True):
+                result = run_slice(trained, 32, 0, epochs=epochs, batch=batch, defenses=[SecAgg()] if secure else ())
+                matching, at18 = scores(result, 18.0)
+                psnr = float(matching.psnr[matching.psnr >= 18].clamp(max=100).mean())
+                rates[secure] = at18.recovery_rate
+                lines.append(
+                    f"{epochs} | {batch:2d} | {'yes' if secure else 'no ':3s}    | {at18.recovery_rate:9.3f} | {bound:5.3f} | "
+                    f"{at18.recovery_rate / bound:5.2f} | {psnr:7.2f} | {blind_rate(result, 18.0):10.3f} | {len(result.output.images)}"
+                )
+                if batch in LOCAL_STEP_FLOORS and at18.recovery_rate < LOCAL_STEP_FLOORS[batch] * bound:
+                    below.append(lines[-1])
+            if abs(rates[True] - rates[False]) > 0.05:
+                apart.append((epochs, batch))
+    print("\nScale-MIA cnn, 4 clients x 32, photo_patches 32x32, K=512:\n" + "\n".join(lines))
+    assert not below and not apart, (below, apart)

@@ -58,9 +58,14 @@ class RtfParams:
         0.2, min=0.0, exclusive_min=True, doc="pixel rms the bins add to an image (along the query), per std of their pooled activation"
     )
     max_drift: float = bounded(
-        0.2, min=0.0, exclusive_min=True, doc="calibration target: how far local training may move a sample within its bin, in bin widths"
+        0.5, min=0.0, exclusive_min=True, doc="calibration target: how far local training may move a sample within its bin, in bin widths"
     )
-    calibration_samples: int = bounded(64, min=1, doc="auxiliary samples of the simulated client that calibrates the gain")
+    calibration_samples: int = bounded(
+        64, min=1,
+        doc="auxiliary samples of the simulated client that calibrates the gain: the clients' size where it is known "
+        "(FedAvg weighs every update by it); a larger one simulates more local steps, a smaller gain, an update closer "
+        "to secure aggregation's fixed-point step",
+    )
     max_update: float = bounded(
         0.01, min=0.0, exclusive_min=True, doc="largest entry of the block's update the calibration allows (secure aggregation clips at 1)"
     )

@@ -16,10 +16,20 @@ the interval's bias-gradient difference counts its samples (the crafted readout 
 sample the same upstream gradient), and a kept latent must be non-negative and reproduce itself
 through decoder and encoder about as well as held-out auxiliary latents do -> decoder.
 
-Exact for one local step per client (FedSGD); with several local steps the clients' training
-moves the crafted encoder, rows and readout between steps and the rate falls (measured in the
-tests). Supported models (``MODEL_ADAPTERS``): ``cnn`` (encoder conv-conv, imprint = the
-512-unit layer), ``mlp`` (the hidden layer reads the pixels: identity encoder, exact pixels),
+Exact for one local step per client (FedSGD). With several local steps the clients' training
+moves the crafted bins between steps (one step of B=8 at lr 0.05 moves them by ~200 bin widths,
+almost all of it through the imprint rows' own update, whose effect grows with the latent's
+squared norm), so a sample leaves its share in several intervals and samples of different steps
+share intervals. Two measures answer it: the encoder's ReLU scale invariance, balanced by one
+simulated step on auxiliary data (``balanced_scales``: the latent shrinks ~5x and the bins move
+~10-20x less at the same function), and ``merge_visits`` (a sample's visits solve to the same
+latent and their shares add up to one sample's). The readout's own update limits the rest: its
+columns stop being identical, and making the bins' pre-activations wider to slow them down
+speeds the readout up by the same factor (measured in the tests: at B=8 the attack matches no
+more than a data-blind guess).
+
+Supported models (``MODEL_ADAPTERS``): ``cnn`` (encoder conv-conv, imprint = the 512-unit
+layer), ``mlp`` (the hidden layer reads the pixels: identity encoder, exact pixels),
 ``resnet18`` (no wide latent layer: the pooled latent feeds the output layer, whose rows are
 the classes, so the attack recovers the samples alone in their class, see ``ClassRowLayer``).
 """
@@ -46,6 +56,7 @@ from flaudit.auditor.attacks.toolkit.imprint import (
     quantile_edges,
     sample_weight_range,
     solve_bins,
+    step_share_floor,
     variant,
 )
 from flaudit.auditor.attacks.toolkit.preparation import Codec, Preparation, State, model_digest, tensor_digest
@@ -81,6 +92,11 @@ class ScaleMiaParams:
         0.99, min=0.5, max=1.0, doc="quantile of held-out latents' reprojection error a kept solve may reach"
     )
     selection_slack: float = bounded(1.5, min=1.0, doc="factor on that quantile")
+    merge_quantile: float = bounded(
+        0.05, min=0.0, max=0.5,
+        doc="solves closer than this quantile of the auxiliary latents' nearest-neighbour distance are one sample's "
+        "visits of several bins (its bin moved while the client trained); 0 merges nothing",
+    )
 
 
 # ---- model adapters: where the encoder, the imprint layer and the next layer are -------------
@@ -238,6 +254,17 @@ def train_autoencoder(
 
 
 @torch.no_grad()
+def merge_distance(latents: torch.Tensor, quantile: float) -> float:
+    """The ``quantile`` of the auxiliary latents' relative distance to their nearest other
+    latent: two distinct images' latents are rarely closer, one sample's visits of several
+    intervals (the same latent, give or take the encoder's drift) usually are."""
+    distances = torch.cdist(latents.double(), latents.double())
+    distances.fill_diagonal_(math.inf)
+    nearest = distances.min(1).values / latents.double().norm(dim=1).clamp(min=1e-30)
+    return float(torch.quantile(nearest.cpu(), quantile)) if quantile > 0 else 0.0
+
+
+@torch.no_grad()
 def reprojection_error(encoder: nn.Module, decoder: nn.Module, latents: torch.Tensor) -> torch.Tensor:
     """``|enc(dec(z)) - z| / |z|`` per latent: small for latents of real images, large for
     mixtures of several (the encoder's non-linear latent set is not convex)."""
@@ -261,12 +288,40 @@ class CraftedLayers:
 
 @dataclass
 class Solved:
-    """Candidate latents of one round and which of them the observations say are one sample."""
+    """Candidate latents of one round and how much of a sample each holds, from observations."""
 
     latents: torch.Tensor  # [M, D]
-    one_sample: torch.Tensor  # bool [M]
+    shares: torch.Tensor  # [M]: the candidate's bias-gradient difference, in the units of ``one``
+    one: tuple[float, float]  # the shares one sample makes (known local training, with slack)
     nonempty: int  # intervals (or classes) that hold any sample
     intervals: int  # K
+    moves: bool  # whether a sample can leave its share in several candidates (bins move while clients train)
+
+    @property
+    def one_sample(self) -> torch.Tensor:
+        """Candidates that hold one sample's share on their own."""
+        return (self.shares >= self.one[0]) & (self.shares <= self.one[1])
+
+
+def merge_visits(latents: torch.Tensor, shares: torch.Tensor, one: tuple[float, float], distance: float) -> torch.Tensor:
+    """One latent per sample the candidates hold. While a client trains several steps its
+    crafted bins move, so a sample can leave parts of its share in several intervals, each
+    solving to its own latent (encoder drift aside): candidates within ``distance`` (relative)
+    of the one with the largest share are its visits; a group is one sample when its shares
+    sum to one sample's, and its latent is the share-weighted mean (the ratio of the group's
+    summed weight- and bias-gradient differences). ``distance = 0`` groups identical latents only."""
+    free = torch.ones(len(latents), dtype=torch.bool, device=latents.device)
+    kept = []
+    for leader in shares.argsort(descending=True).tolist():
+        if not free[leader]:
+            continue
+        group = free & ((latents - latents[leader]).norm(dim=1) <= distance * latents[leader].norm())
+        group[leader] = True
+        free &= ~group
+        total = shares[group].sum()
+        if one[0] <= float(total) <= one[1]:
+            kept.append((shares[group, None] * latents[group]).sum(0) / total)
+    return torch.stack(kept) if kept else latents[:0]
 
 
 class BinnedLayer:
@@ -298,16 +353,21 @@ class BinnedLayer:
 
     @staticmethod
     def solve(weight: torch.Tensor, bias: torch.Tensor, view: ServerView, crafted: CraftedLayers, params: ScaleMiaParams) -> Solved:
-        """bin_solve per interval; one sample where the interval's bias-gradient difference is
-        what one sample makes: ``upstream * sample_weight_range`` (known local training) within
-        ``unit_tolerance``; two samples make about twice that, or cancel."""
+        """bin_solve per interval; an interval's share is its bias-gradient difference over the
+        upstream. One sample makes at most ``sample_weight_range``'s high end (known local
+        training) and, when its bin moved between its local steps, leaves at least
+        ``step_share_floor`` in each interval it visited (``merge_visits`` sums the visits);
+        ``unit_tolerance`` widens both ends. Two samples make about twice as much, or cancel."""
         solution = solve_bins(weight, bias, "cumulative")
         candidates = solution.nonempty.nonzero().flatten()
-        low, high = sample_weight_range(view.num_samples, view.training)
+        _, high = sample_weight_range(view.num_samples, view.training)
+        low = step_share_floor(view.num_samples, view.training)
         magnitude = solution.weight[candidates].abs() / crafted.upstream
-        slack = params.unit_tolerance
-        one = (magnitude >= low * (1 - slack)) & (magnitude <= high * (1 + slack))
-        return Solved(solution.inputs[candidates], one, len(candidates), len(bias))
+        one = (low * (1 - params.unit_tolerance), high * (1 + params.unit_tolerance))
+        return Solved(solution.inputs[candidates], magnitude, one, len(candidates), len(bias), moves=True)
+
+
+CLASS_ROW_ONE = (0.5, 1.5)  # a class's sample count is an integer: one is within half of 1
 
 
 class ClassRowLayer:
@@ -330,18 +390,102 @@ class ClassRowLayer:
         n = sum(view.num_samples)
         absent = int(bias.argmax())
         if abs(float(bias[absent]) * n - n / len(bias)) > 0.5:  # every class present: Z unknown
-            return Solved(weight[:0], torch.zeros(0, dtype=torch.bool), len(bias), len(bias))
+            return Solved(weight[:0], bias[:0], CLASS_ROW_ONE, len(bias), len(bias), moves=False)
         others = [c for c in range(len(bias)) if c != absent]
         pairs_w = torch.stack([torch.stack([weight[absent], weight[c]]) for c in others]).flatten(0, 1)
         pairs_b = torch.stack([torch.stack([bias[absent], bias[c]]) for c in others]).flatten()
         X, valid = bin_solve(pairs_w[None].contiguous(), pairs_b[None].contiguous(), 0.5 / n)
         counts = (pairs_b[0::2] - pairs_b[1::2]) * n
         present = valid[0, 0::2]
-        one = (counts[present] - 1).abs() < 0.5
-        return Solved(X[0, 0::2][present], one, int(present.sum()), len(bias))
+        return Solved(X[0, 0::2][present], counts[present], CLASS_ROW_ONE, int(present.sum()), len(bias), moves=False)
 
 
 LEAKAGE_LAYERS = {"binned": BinnedLayer, "class_rows": ClassRowLayer}
+
+
+# ---- phase 1: the encoder's scale (what local training moves least) -----------------------------
+
+RELU_CHAIN = (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.Flatten)
+
+
+def chain_convs(encoder: nn.Module) -> list[nn.Conv2d]:
+    """The convolutions of an encoder that is a chain of convolutions, ReLUs, max-pools and a
+    flatten (positively homogeneous: scaling a convolution's output scales all that follows);
+    none for any other encoder (it keeps its scale)."""
+    modules = list(encoder.children()) if isinstance(encoder, nn.Sequential) else [encoder]
+    if not all(isinstance(m, RELU_CHAIN) for m in modules):
+        return []
+    return [m for m in modules if isinstance(m, nn.Conv2d)]
+
+
+@torch.no_grad()
+def scale_relu_chain(encoder: nn.Module, scales: torch.Tensor) -> None:
+    """Convolution l's output times ``scales[l]`` (cumulative: weight times S_l / S_{l-1}, bias
+    times S_l): the latent is ``scales[-1]`` times the original and the function of the model
+    is the same once the imprint rows are divided by it."""
+    previous = 1.0
+    for conv, scale in zip(chain_convs(encoder), scales.tolist()):
+        conv.weight.mul_(scale / previous)
+        if conv.bias is not None:
+            conv.bias.mul_(scale)
+        previous = scale
+
+
+def drift_by_group(model: nn.Module, layers: LatentLayers, images: torch.Tensor, labels: torch.Tensor, lr: float) -> dict[str, float]:
+    """How far one local SGD step (the round's known learning rate, a batch of auxiliary images)
+    moves the images' imprint pre-activation at their own bin, in bin widths, when only one
+    parameter group takes the step: each convolution's weight and bias, the imprint's rows and
+    bias (medians over the images). The crafted rows share one direction, so a bin's width in
+    pre-activation is the difference of consecutive biases."""
+    groups = {f"conv{i}.{kind}": getattr(conv, kind) for i, conv in enumerate(chain_convs(layers.encoder)) for kind in ("weight", "bias")}
+    groups |= {"imprint.weight": layers.imprint.weight, "imprint.bias": layers.imprint.bias}
+    groups = {name: p for name, p in groups.items() if p is not None}
+    loss = F.cross_entropy(model(images), labels)
+    grads = dict(zip(groups, torch.autograd.grad(loss, list(groups.values()))))
+    with torch.no_grad():
+        def pre() -> torch.Tensor:
+            return layers.imprint(layers.encoder(images).flatten(1))
+
+        before = pre()
+        bins = ((before > 0).sum(1) - 1).clamp(0, before.shape[1] - 2)
+        bias = layers.imprint.bias
+        width = (bias[bins] - bias[bins + 1]).abs().clamp(min=1e-30)
+        rows = torch.arange(len(images))
+        drift = {}
+        for name, param in groups.items():
+            param.sub_(lr * grads[name])
+            drift[name] = float(((pre() - before)[rows, bins] / width).abs().median())
+            param.add_(lr * grads[name])
+    return drift
+
+
+def balanced_scales(drift: dict[str, float], convs: int) -> torch.Tensor:
+    """The encoder's cumulative output scales S_1..S_m that minimise the summed drift: with
+    conv l scaled by S_l / S_{l-1} (bias by S_l) and the imprint rows by 1 / S_m, a group's
+    drift relative to a bin's width goes as the inverse square of its own scale: conv weights
+    (S_{l-1} / S_l)^2, conv biases 1 / S_l^2, imprint rows S_m^2 (its bias is invariant). A
+    convex problem in log S (sums of exponentials), solved with L-BFGS."""
+    if convs == 0:
+        return torch.ones(0, dtype=torch.float64)
+    log_s = torch.zeros(convs, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_s], max_iter=200, line_search_fn="strong_wolfe")
+
+    def total() -> torch.Tensor:
+        previous = torch.cat([torch.zeros(1, dtype=torch.float64), log_s[:-1]])
+        cost = drift["imprint.weight"] * torch.exp(2 * log_s[-1])
+        for l in range(convs):
+            cost = cost + drift[f"conv{l}.weight"] * torch.exp(2 * (previous[l] - log_s[l]))
+            cost = cost + drift.get(f"conv{l}.bias", 0.0) * torch.exp(-2 * log_s[l])
+        return cost
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        cost = total()
+        cost.backward()
+        return cost
+
+    optimizer.step(closure)
+    return log_s.detach().exp()
 
 
 # ---- the server hook -------------------------------------------------------------------------
@@ -354,6 +498,7 @@ class Crafting:
     autoencoder: AutoEncoder
     layers: CraftedLayers
     reprojection_threshold: float
+    merge_distance: float  # latents closer than this (relative) are one sample's visits
     seconds: float
 
 
@@ -372,16 +517,37 @@ def crafting_codec(
     def encode(crafting: Crafting) -> State:
         layers = {f.name: getattr(crafting.layers, f.name) for f in fields(CraftedLayers)}
         return {"autoencoder": dict(crafting.autoencoder.state_dict()), "layers": layers,
-                "threshold": crafting.reprojection_threshold, "seconds": crafting.seconds}
+                "threshold": crafting.reprojection_threshold, "merge": crafting.merge_distance, "seconds": crafting.seconds}
 
     def decode(state: State) -> Crafting:
         autoencoder = new_autoencoder(adapter, model, shape, params)
         autoencoder.load_state_dict(state["autoencoder"])
         device = _device(model)
         layers = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in state["layers"].items()}
-        return Crafting(autoencoder.eval(), CraftedLayers(**layers), float(state["threshold"]), float(state["seconds"]))
+        return Crafting(
+            autoencoder.eval(), CraftedLayers(**layers), float(state["threshold"]), float(state["merge"]), float(state["seconds"])
+        )
 
     return Codec(encode, decode)
+
+
+def latent_scale(scales: torch.Tensor) -> float:
+    """The model's latent over the autoencoder's, for the encoder's output ``scales``."""
+    return float(scales[-1]) if len(scales) else 1.0
+
+
+@torch.no_grad()
+def install(layers: LatentLayers, encoder: nn.Module, crafted: CraftedLayers, scales: torch.Tensor) -> None:
+    """Writes the crafting into a model's layers: the autoencoder's encoder with its
+    convolutions' outputs scaled by ``scales`` (``scale_relu_chain``), the imprint rows divided
+    by the latent's scale (the same function) and the readout."""
+    layers.encoder.load_state_dict(encoder.state_dict())
+    scale_relu_chain(layers.encoder, scales)
+    layers.imprint.weight.copy_(crafted.imprint_weight / latent_scale(scales))
+    layers.imprint.bias.copy_(crafted.imprint_bias)
+    if crafted.readout_weight is not None:
+        layers.readout.weight.copy_(crafted.readout_weight)
+        layers.readout.bias.copy_(crafted.readout_bias)
 
 
 class ScaleMiaServer:
@@ -392,21 +558,39 @@ class ScaleMiaServer:
         self.params = params
         self.knowledge = knowledge
         self.crafting: Crafting | None = None
+        self.scales: torch.Tensor | None = None  # the encoder's output scales (``balanced_scales``)
+
+    @property
+    def latent_scale(self) -> float:
+        return latent_scale(self.scales) if self.scales is not None else 1.0
 
     def before_round(self, round_index: int, model: nn.Module) -> nn.Module:
         adapter = adapter_for(model)
         if self.crafting is None:
             self.crafting = self.phase_one(adapter, model)
-        layers = adapter.layers(model, self.knowledge.image_shape)
-        crafted = self.crafting.layers
-        with torch.no_grad():
-            layers.encoder.load_state_dict(self.crafting.autoencoder.encoder.state_dict())
-            layers.imprint.weight.copy_(crafted.imprint_weight)
-            layers.imprint.bias.copy_(crafted.imprint_bias)
-            if crafted.readout_weight is not None:
-                layers.readout.weight.copy_(crafted.readout_weight)
-                layers.readout.bias.copy_(crafted.readout_bias)
+        if self.scales is None:
+            self.scales = self.balance_encoder(adapter, model)
+        install(adapter.layers(model, self.knowledge.image_shape), self.crafting.autoencoder.encoder, self.crafting.layers, self.scales)
         return model
+
+    def balance_encoder(self, adapter: ModelAdapter, model: nn.Module) -> torch.Tensor:
+        """The encoder's output scales: the ReLU chain's scale invariance moves the crafted
+        model's sensitivity to local training between the encoder's layers and the imprint rows
+        without changing its function; the scales that minimise one simulated local step's drift
+        of the bins (auxiliary images, the round's known learning rate and batch size) keep the
+        bins still longest while clients train several steps. None to balance (no convolution
+        chain, or no readout to train the bins through): no scaling."""
+        crafted, device = self.crafting.layers, _device(model)
+        probe = copy.deepcopy(model)
+        layers = adapter.layers(probe, self.knowledge.image_shape)
+        convs = chain_convs(layers.encoder)
+        if not convs or crafted.readout_weight is None:
+            return torch.ones(0, device=device)
+        install(layers, self.crafting.autoencoder.encoder, crafted, torch.ones(0))
+        aux, training = self.knowledge.auxiliary, self.knowledge.training
+        pick = torch.randperm(len(aux), generator=torch.Generator().manual_seed(self.knowledge.seed))[: training.batch_size]
+        drift = drift_by_group(probe, layers, aux.images[pick].to(device), aux.labels[pick].to(device), training.lr)
+        return balanced_scales(drift, len(convs)).float().to(device)
 
     def phase_one(self, adapter: ModelAdapter, model: nn.Module) -> Crafting:
         """The prepared phase one (``build_crafting``), shared by every cell of the run with the
@@ -441,11 +625,14 @@ class ScaleMiaServer:
             held = autoencoder.encoder(aux.images[order[:holdout]].to(device)).flatten(1)
             errors = reprojection_error(autoencoder.encoder, autoencoder.decoder, held)
         threshold = float(torch.quantile(errors.double().cpu(), self.params.selection_quantile)) * self.params.selection_slack
+        merge = merge_distance(latents, self.params.merge_quantile)
         crafted = LEAKAGE_LAYERS[adapter.leakage].craft(latents, layers, self.params, self.knowledge.num_classes)
-        return Crafting(autoencoder, crafted, threshold, time.perf_counter() - began)
+        return Crafting(autoencoder, crafted, threshold, merge, time.perf_counter() - began)
 
 
 # ---- the attack --------------------------------------------------------------------------------
+
+NEGATIVE_SLACK = 0.05  # a solved latent may dip below 0 by this share of its largest entry (drift); mixtures go further
 
 
 @register_attack("scale_mia", "Scale-MIA: crafted latent linear layer + autoencoder; reads batches from the aggregate")
@@ -483,20 +670,22 @@ class ScaleMia(Attack):
         bias = gradient_estimate(update[f"{layers.imprint_name}.bias"].float(), view.num_samples, view.training)
         solved = LEAKAGE_LAYERS[adapter.leakage].solve(weight.contiguous(), bias.contiguous(), view, crafting.layers, self.params)
         device = _device(view.model)
-        latents = solved.latents.to(device)
+        latents = solved.latents.to(device) / self.server.latent_scale
         encoder, decoder = crafting.autoencoder.encoder, crafting.autoencoder.decoder
-        nonnegative = (latents >= -1e-3 * latents.abs().amax(1, keepdim=True)).all(1)
+        nonnegative = (latents >= -NEGATIVE_SLACK * latents.abs().amax(1, keepdim=True)).all(1)
         errors = reprojection_error(encoder, decoder, latents) if len(latents) else torch.zeros(0, device=device)
-        keep = nonnegative & solved.one_sample.to(device) & (errors <= crafting.reprojection_threshold)
+        real = nonnegative & (errors <= crafting.reprojection_threshold)
+        distance = crafting.merge_distance if solved.moves else 0.0
+        kept = merge_visits(latents[real], solved.shares.to(device)[real], solved.one, distance)
         with torch.no_grad():
-            images = decoder(latents[keep]).clamp(0, 1) if bool(keep.any()) else torch.zeros(0, *knowledge.image_shape)
+            images = decoder(kept).clamp(0, 1) if len(kept) else torch.zeros(0, *knowledge.image_shape)
         seconds = time.perf_counter() - began
         n = sum(view.num_samples)
         diagnostics = {
             "bins": float(solved.intervals),
             "samples": float(n),
             "nonempty_bins": float(solved.nonempty),
-            "selected_bins": float(keep.sum()),
+            "selected_bins": float(len(kept)),
             "isolation_bound": isolation_bound(n, solved.intervals),
             "oracle_recovery_upper_bound": min(solved.nonempty, n) / n,
             "reconstruction_seconds": seconds,

@@ -317,6 +317,21 @@ def sample_weight_range(num_samples: Sequence[int], training: TrainingSpec) -> t
     return low, high
 
 
+def step_share_floor(num_samples: Sequence[int], training: TrainingSpec) -> float:
+    """The least share of one sample's own gradient that one of its local steps puts in the
+    gradient estimate (``sample_weight_range``'s units): the last step (momentum coefficient 1)
+    of the largest batch, of the client that weighs least. A sample whose crafted bin moved
+    between its steps leaves its share in several intervals, each holding at least this."""
+    B, total = training.batch_size, sum(num_samples)
+    coefficient = update_coefficient(num_samples, training)
+    floor = math.inf
+    for n in num_samples:
+        steps = local_steps(n, training)
+        least = float(momentum_coefficients(steps, training.momentum).min()) / min(B, n)
+        floor = min(floor, least * n / total / coefficient)
+    return floor
+
+
 def gradient_estimate(update: torch.Tensor, num_samples: Sequence[int], training: TrainingSpec) -> torch.Tensor:
     """The average per-step gradient behind an aggregated update (exact for a constant
     gradient): ``-update / (lr * update_coefficient)``."""
