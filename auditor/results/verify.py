@@ -67,16 +67,10 @@ def differences(written: Any, rebuilt: Any, path: str) -> Iterator[str]:
 
 
 def _stored_results(folder: Path) -> dict[str, JobResult]:
-    from flaudit.auditor.running.store import CELLS
+    """Every stored result that parses, by its key (one that does not: its digest check names it)."""
+    from flaudit.auditor.running.store import stored
 
-    records = {}
-    for path in sorted((folder / CELLS).glob("*.json")):
-        try:
-            record = json.loads(path.read_text())
-            records[record["key"]] = JobResult.of(record["key"].split("-", 1)[0], record["result"])
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):  # NotWhole is a ValueError
-            continue  # its digest check names it
-    return records
+    return {record["key"]: result for _, record, result in stored(folder)}
 
 
 def _outputs(folder: Path, recorded: Mapping[str, str]) -> list[str]:

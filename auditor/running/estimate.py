@@ -11,7 +11,6 @@ simulation. Kinds without a finished job are listed as uncalibrated. ``--executo
 from __future__ import annotations
 
 import heapq
-import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +21,8 @@ from flaudit.auditor.running.jobs import AttackJob, Job, Unit, plan_units
 from flaudit.core.jsonable import digest, to_json
 from flaudit.auditor.running.plan import AuditPlan, ScenarioMatrix
 from flaudit.auditor.running.progress import clock
-from flaudit.auditor.running.results import AttackOutcome, JobResult
-from flaudit.auditor.running.store import CELLS
+from flaudit.auditor.running.results import AttackOutcome, PrivacyAuditOutcome
+from flaudit.auditor.running.store import stored
 from flaudit.auditor.running.supervisor import memory_bound
 
 MB = 1024**2
@@ -65,18 +64,16 @@ class Calibration:
     def from_run(out: Path) -> "Calibration":
         measured: dict[str, list[float]] = defaultdict(list)
         peaks: dict[str, int] = {}
-        for path in sorted((out / CELLS).glob("*.json")) if (out / CELLS).is_dir() else ():
-            try:
-                record = json.loads(path.read_text())
-                job = record["job"]
-                result = JobResult.of(job["kind"], record["result"])
-            except (OSError, ValueError, KeyError, TypeError):  # NotWhole is a ValueError
-                continue
+        for _, record, result in stored(out):
             if not result.ok:
                 continue
-            attack = job.get("attack") if job.get("kind") == "attack" else None
-            name = attack["name"] if attack else PRIVACY_AUDIT if job.get("kind") == PrivacyAuditJob.kind else UTILITY
-            kind = job_cost_key(name, attack, job["scenario"])
+            try:
+                job = record["job"]
+                attack = job["attack"] if isinstance(result.outcome, AttackOutcome) else None
+                name = attack["name"] if attack else PRIVACY_AUDIT if isinstance(result.outcome, PrivacyAuditOutcome) else UTILITY
+                kind = job_cost_key(name, attack, job["scenario"])
+            except (KeyError, TypeError, AttributeError):  # a job description not of ours: nothing to calibrate from
+                continue
             seconds = result.seconds
             timing = result.outcome.timing if isinstance(result.outcome, AttackOutcome) else {}
             if timing.get("prepare_seconds"):  # a model-shaping attack's private run

@@ -16,7 +16,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from flaudit.auditor.results.artifact_paths import ARTIFACTS, check_relative
 from flaudit.auditor.running import prepared
@@ -56,31 +56,27 @@ def artifact_name(cell_id: str, seed: int) -> str:
     return f"{slug(cell_id)[:SLUG_CHARS] or 'cell'}-{digest(cell_id, 8)}-seed{seed}.png"
 
 
-def _reusable(record: Any) -> JobResult | None:
-    """A stored record that can be reused: its own key, status ok, every field the scorecard
-    reads (``JobResult.of`` parses it); None otherwise."""
-    if not isinstance(record, Mapping) or not isinstance(record.get("key"), str):
-        return None
-    try:
-        result = JobResult.of(record["key"].split("-", 1)[0], record.get("result"))
-    except (NotWhole, TypeError, ValueError):
-        return None
-    return result if result.ok else None
+def stored(out: Path) -> Iterator[tuple[Path, Mapping[str, Any], JobResult]]:
+    """Every stored job file of ``out`` that parses: its path, its JSON record and its result
+    (ok or error); unreadable and partial records are skipped."""
+    folder = out / CELLS
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+        if not JOB_FILE.fullmatch(path.name):
+            continue
+        try:
+            record = json.loads(path.read_text())
+            result = JobResult.of(record["key"].split("-", 1)[0], record["result"])
+        except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError):  # NotWhole is a ValueError
+            continue
+        yield path, record, result
 
 
 def read_finished(out: Path) -> dict[str, JobResult]:
     """Stored results with status ok, by job key; unreadable or partial records are ignored
     (their jobs run again); one naming an artifact outside the folder is refused."""
     done = {}
-    for path in (out / CELLS).glob("*.json") if (out / CELLS).is_dir() else ():
-        if not JOB_FILE.fullmatch(path.name):
-            continue
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError, RecursionError):
-            continue
-        result = _reusable(record)
-        if result is None or path.stem != record["key"]:
+    for path, record, result in stored(out):
+        if not result.ok or path.stem != record["key"]:
             continue
         if isinstance(result.outcome, AttackOutcome) and result.outcome.artifact is not None:
             cell = (record.get("job") or {}).get("cell_id", "?") if isinstance(record.get("job"), Mapping) else "?"
