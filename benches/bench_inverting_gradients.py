@@ -3,16 +3,18 @@ one local step): simulate the update of the dummy batch, its cosine distance + T
 observed update, the gradient w.r.t. the images (double backward), the signed Adam step, for
 the study's CNN and ResNet-18 (BatchNorm), on the device the machine has.
 
-Each group holds the ``simulate_update`` path (``torch.func.functional_call``, candidate) and a
-plain-autograd path on the ``nn.Module`` (``model(x)`` then ``autograd.grad(create_graph=True)``
-over its parameters; reference; it can express one local step only); benches/conftest.py prints
-"reference / candidate".
+Each group holds IG's objective (``update_objective``: ``OneStepMatching`` for the CNN, whose
+one gradient it matches through the shared weights; the simulated update of
+``torch.func.functional_call`` for ResNet-18, whose BatchNorm keeps it on the general path;
+candidate) and a plain-autograd path on the ``nn.Module`` (``model(x)`` then
+``autograd.grad(create_graph=True)`` over its parameters; reference; it can express one local
+step only); benches/conftest.py prints "reference / candidate".
 
-The restart groups time one iteration of R = 4 restarts batched as IG runs them
-(``simulate_updates``, ``restarts_per_pass`` of them per pass; candidate) against the same
-restarts one after another (reference) and against one restart (floor: "batched / one
-restart" is what R restarts cost in restarts' time), on the default audit's digits (8x8: four
-per pass) and at 32x32 (the CNN's 8.5 MB of parameters: one per pass, as the sequential ones).
+The restart groups time one iteration of R = 4 restarts as IG runs them (``per_pass`` of the
+objective: all four in one pass on one gradient; candidate) against the same restarts one
+after another (reference) and against one restart (floor: "batched / one restart" is what R
+restarts cost in restarts' time), on one gradient (E=1) at 8x8 (the default audit's digits)
+and 32x32, and on a two-step update at 8x8 (the simulated path, ``restarts_per_pass``).
 
     OMP_NUM_THREADS=1 .venv/bin/python -m pytest benches/bench_inverting_gradients.py
 """
@@ -25,7 +27,7 @@ import torch.nn.functional as F
 
 from flaudit.auditor.attacks.toolkit.update_inversion import update_objective
 from flaudit.auditor.attacks.toolkit.image_priors import total_variation
-from flaudit.auditor.attacks.toolkit.local_update import gradient_distance, parameter_mask, restarts_per_pass, simulate_update
+from flaudit.auditor.attacks.toolkit.local_update import gradient_distance, parameter_mask, simulate_update
 from flaudit.scenarios.models import build_model
 from flaudit.scenarios.updates import ParamLayout
 from flaudit.scenarios.views import TrainingSpec
@@ -127,22 +129,23 @@ def test_multi_step_objective(benchmark, monkeypatch, path):
 RESTARTS = 4
 
 
-@pytest.mark.parametrize("size, batch", [(8, 8), (32, 4)])
+@pytest.mark.parametrize("size, batch, epochs", [(8, 8, 1), (32, 4, 1), (8, 8, 2)])
 @pytest.mark.parametrize("path", ["batched", "sequential", "one_restart"])
-def test_ig_restarts(benchmark, size, batch, path):
-    """One Adam iteration of IG's R restarts on one gradient (E=1, one batch), study CNN."""
+def test_ig_restarts(benchmark, size, batch, epochs, path):
+    """One Adam iteration of IG's R restarts, study CNN."""
     torch.manual_seed(0)
     shape = (1 if size == 8 else 3, size, size)
     model = build_model("cnn", shape, 10).to(DEVICE)
     layout = ParamLayout.of(model)
-    spec = TrainingSpec(epochs=1, batch_size=batch, lr=0.1, momentum=0.9, weight_decay=0.0)
+    spec = TrainingSpec(epochs=epochs, batch_size=batch, lr=0.1, momentum=0.9, weight_decay=0.0)
     labels = torch.arange(batch, device=DEVICE) % 10
     observed = simulate_update(model, layout, spec, torch.rand(batch, *shape, device=DEVICE), labels, create_graph=False)
     objective = update_objective(observed, model, layout, spec, labels, distance="cosine", tv_weight=TV)
-    restarts, per_pass = (1, 1) if path == "one_restart" else (RESTARTS, restarts_per_pass(model) if path == "batched" else 1)
+    restarts = 1 if path == "one_restart" else RESTARTS
+    per_pass = (objective.per_pass or restarts) if path == "batched" else 1
     xs = [part.requires_grad_() for part in torch.rand(restarts, batch, *shape, device=DEVICE).split(per_pass)]
     optimizers = [torch.optim.Adam([x], lr=0.1) for x in xs]
-    benchmark.group = f"IG restarts, R={RESTARTS}, cnn {size}x{size}, batch {batch}, {DEVICE.type}"
+    benchmark.group = f"IG restarts, R={RESTARTS}, cnn {size}x{size}, batch {batch}, E={epochs}, {DEVICE.type}"
     role = {"batched": "candidate", "sequential": "reference", "one_restart": "floor"}[path]
     # tolerance 100 %: on the shared 2-core machine batched / one restart measured 2.2-3.3x in five runs
     benchmark.extra_info.update(role=role, label=path, per_pass=per_pass, tolerance=1.0)

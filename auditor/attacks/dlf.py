@@ -20,7 +20,6 @@ from flaudit.auditor.attacks.registry import register_attack
 from flaudit.auditor.attacks.base import AttackerKnowledge, AttackOutput, NullContext
 from flaudit.auditor.attacks.toolkit.honest_server import HonestServerAttack
 from flaudit.auditor.attacks.toolkit.update_inversion import IgParams, optimise_images, update_objective
-from flaudit.auditor.attacks.toolkit.local_update import restarts_per_pass
 from flaudit.auditor.attacks.label_inference import inferred_labels
 from flaudit.core.tables import bounded
 from flaudit.scenarios.views import ServerView
@@ -66,7 +65,7 @@ class DataLeakageFedAvg(HonestServerAttack):
         copies, loss = optimise_images(
             (epochs, n, *knowledge.image_shape), objective, iterations=self.params.iterations,
             restarts=self.params.restarts, lr=self.params.lr, signed=self.params.signed, seed=knowledge.seed,
-            device=device, desc="DLF", per_pass=restarts_per_pass(view.model),
+            device=device, desc="DLF", per_pass=objective.per_pass,
         )
         images = copies.mean(0)
         diagnostics = {"loss": loss, "epoch_spread": float(epoch_spread(copies))}

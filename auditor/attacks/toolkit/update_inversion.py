@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from flaudit.auditor.attacks.toolkit.image_priors import total_variation
+from flaudit.auditor.attacks.toolkit.one_step_matching import OneStepMatching
 from flaudit.auditor.attacks.toolkit.local_update import Distance, piecewise_distance, restarts_per_pass, simulate_updates
 from flaudit.core.progress import step_bar
 from flaudit.core.tables import bounded
@@ -51,7 +52,7 @@ def optimise_images(
     """Minimises ``objective`` over images of ``shape`` in [0, 1] (Adam, step decay, restarts
     from uniform noise); returns the best images and their loss. The R restarts are one tensor
     ``[R, *shape]`` that ``objective`` maps to R losses, ``per_pass`` restarts at a time (all by
-    default; ``restarts_per_pass``): Adam is elementwise, so each restart follows its own path,
+    default; ``UpdateObjective.per_pass``): Adam is elementwise, so each restart follows its own path,
     and one whose loss is not finite stops where it is."""
     generator = torch.Generator().manual_seed(seed)
     x = torch.rand((restarts, *shape), generator=generator).to(device).requires_grad_()
@@ -83,6 +84,21 @@ def optimise_images(
     return x.detach()[best], float(final[best])
 
 
+@dataclass(frozen=True)
+class UpdateObjective:
+    """The matching loss of R batches of dummy images ``[R, ...]`` (one loss each), and how
+    many restarts one call should take (``per_pass``; None: all)."""
+
+    distance: Callable[[Tensor], Tensor]
+    tv_weight: float
+    regularizer: Callable[[Tensor], Tensor] | None
+    per_pass: int | None
+
+    def __call__(self, images: Tensor) -> Tensor:
+        loss = self.distance(images) + self.tv_weight * total_variation(images)
+        return loss + torch.stack([self.regularizer(batch) for batch in images]) if self.regularizer is not None else loss
+
+
 def update_objective(
     observed: Tensor,
     model: nn.Module,
@@ -94,22 +110,25 @@ def update_objective(
     tv_weight: float,
     regularizer: Callable[[Tensor], Tensor] | None = None,
     order: Tensor | None = None,
-) -> Callable[[Tensor], Tensor]:
-    """The matching loss of R batches of dummy images ``[R, ...]`` (one loss each): distance
-    of their simulated update to ``observed`` over the parameter entries (``piecewise_distance``,
-    so BatchNorm statistics are skipped, not masked) + TV + an optional extra prior (of one
-    batch)."""
+) -> UpdateObjective:
+    """Distance of the dummy images' simulated update to ``observed`` over the parameter
+    entries, + TV + an optional extra prior (of one batch). One gradient matched by cosine
+    takes ``OneStepMatching`` (all restarts in one pass through the shared weights); anything
+    else simulates each restart's update (``piecewise_distance``: BatchNorm statistics
+    skipped, not masked)."""
+    pieces = dict(zip(layout.names, observed.split([shape.numel() for shape in layout.shapes])))
+    by_name = {name: pieces[name].reshape(shape) for name, shape in zip(layout.names, layout.shapes)}
+    one_step = OneStepMatching.of(model, training, labels, by_name, distance)
+    if one_step is not None:
+        return UpdateObjective(one_step, tv_weight, regularizer, per_pass=None)
     kept = [i for i, is_param in enumerate(layout.is_parameter) if is_param]
-    pieces = observed.split([shape.numel() for shape in layout.shapes])
-    observed_params = [pieces[i] for i in kept]
+    observed_params = [pieces[layout.names[i]] for i in kept]
 
-    def objective(images: Tensor) -> Tensor:
+    def simulated_distance(images: Tensor) -> Tensor:
         candidate = simulate_updates(model, layout, training, images, labels, order=order)
-        loss = piecewise_distance([candidate[i] for i in kept], observed_params, distance)
-        loss = loss + tv_weight * total_variation(images)
-        return loss + torch.stack([regularizer(batch) for batch in images]) if regularizer is not None else loss
+        return piecewise_distance([candidate[i] for i in kept], observed_params, distance)
 
-    return objective
+    return UpdateObjective(simulated_distance, tv_weight, regularizer, per_pass=restarts_per_pass(model))
 
 
 def invert_update(
@@ -134,6 +153,6 @@ def invert_update(
     images, _ = optimise_images(
         (len(labels), *image_shape), objective, iterations=params.iterations, restarts=params.restarts,
         lr=params.lr, signed=params.signed, seed=seed, device=device, desc="inverting gradients",
-        per_pass=restarts_per_pass(model),
+        per_pass=objective.per_pass,
     )
     return images
