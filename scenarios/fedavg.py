@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from flaudit.core.progress import tqdm
 
 from flaudit.scenarios.client import accuracy, make_loader, train_client
 from flaudit.scenarios.datasets import ImageDataset

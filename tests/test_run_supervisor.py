@@ -162,3 +162,35 @@ def test_workers_die_with_the_parent(tmp_path):
     finally:
         parent.kill()
 
+
+
+KILLED_CHILD_WITH_A_BAR = """
+import multiprocessing, sys, time
+
+def child(ready):
+    from {module} import {bar}
+    {bar}(range(3), desc="step").close()
+    ready.set()
+    time.sleep(60)
+
+if __name__ == "__main__":
+    context = multiprocessing.get_context("forkserver")
+    ready = context.Event()
+    process = context.Process(target=child, args=(ready,))
+    process.start()
+    ready.wait(60)
+    process.kill()
+    process.join()
+"""
+
+
+@pytest.mark.parametrize("module, bar, leaks", [("tqdm", "tqdm", True), ("flaudit.core.progress", "step_bar", False)])
+def test_a_job_child_stopped_mid_bar_leaves_no_semaphore(tmp_path, module, bar, leaks):
+    """tqdm's default lock is a multiprocessing semaphore per process; a child killed for its
+    time or memory left it behind ("leaked semaphore objects" at the run's end). flaudit's bars
+    take a thread lock (the plain tqdm case shows the test sees the leak)."""
+    script = tmp_path / "child.py"
+    script.write_text(KILLED_CHILD_WITH_A_BAR.format(module=module, bar=bar))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert ("leaked semaphore" in done.stderr) == leaks, done.stderr

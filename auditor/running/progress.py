@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from tqdm.auto import tqdm
+from flaudit.core.progress import tqdm
 
 from flaudit.auditor.running.results import JobResult
 
