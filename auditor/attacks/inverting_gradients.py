@@ -5,8 +5,9 @@ A dummy dataset of the client's size, with the label counts inferred from the up
 (``simulate_update``: E epochs of B-batches with the round's lr/momentum/weight decay) points
 the same way as the observed one: cosine distance (insensitive to the unknown effective step
 size) plus total variation, Adam on the signed gradient with step decay at 3/8, 5/8 and 7/8 of
-the budget, pixels boxed to [0, 1], several restarts (one batched pass, ``simulate_updates``)
-keeping the lowest loss. With E=1 and N <= B this is the paper's single-gradient attack. The
+the budget, pixels boxed to [0, 1], several restarts (batched: ``simulate_updates``) keeping
+the lowest loss. With E=1 and N <= B this is the paper's single-gradient attack, whose
+restarts share the model's weights in one pass (``toolkit.one_step_matching``). The
 simulation fixes the batch order (the client's shuffle is unknown): one source of the mismatch
 the study reports on multi-step updates.
 """
