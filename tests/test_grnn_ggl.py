@@ -95,6 +95,33 @@ def test_ggl_search_lowers_the_gradient_distance(digits):
     assert output.labels.tolist() == world.data.train.labels[world.clients[0].train_indices[:1]].tolist()
 
 
+@pytest.mark.parametrize("distance", ["cosine", "l2"])
+def test_ggl_scores_one_image_against_the_client_update_scaled_to_its_steps(digits, distance):
+    """GGL's loss at the search's start, computed a generation at a time, is the distance of
+    the prior image's simulated update, times the client's step count over one
+    image's, to the observed update (relative to its energy for L2), plus the latent term."""
+    from flaudit.auditor.attacks.label_inference import inferred_labels
+    from flaudit.auditor.attacks.toolkit.imprint import local_steps
+    from flaudit.auditor.attacks.toolkit.local_update import gradient_distance, parameter_mask, simulate_update
+
+    world, knowledge = digits
+    view = FedAvgSimulation(world).run_round(0).server_view
+    upload = view.uploads[0]
+    attack = Ggl(GglParams(evaluations=2, prior_steps=20, distance=distance))
+    output = attack.reconstruct(view, knowledge)
+    label = torch.bincount(inferred_labels(view, upload, knowledge), minlength=knowledge.num_classes).argmax()[None]
+    with torch.no_grad():
+        image = attack.generator(knowledge, torch.device("cpu"))(torch.zeros(1, 16), label)
+    ratio = local_steps(upload.num_samples, view.training) / local_steps(1, view.training)
+    assert ratio > 1  # the scaling is exercised
+    entries = parameter_mask(view.layout)
+    candidate = ratio * simulate_update(view.model, view.layout, view.training, image, label, create_graph=False)
+    observed = upload.update[entries]
+    expected = float(gradient_distance(candidate[entries], observed, distance))
+    expected /= float(observed.square().sum()) if distance == "l2" else 1.0
+    assert output.diagnostics["loss_start"] == pytest.approx(expected + 0.1, rel=1e-4)  # + latent_weight (0 - 1)^2
+
+
 def test_trained_generator_is_prepared_once_per_data_and_spec(digits):
     world, _ = digits
     prepared, cpu = Preparations(), torch.device("cpu")

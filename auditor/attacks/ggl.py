@@ -6,8 +6,8 @@ The label is read from the update first (iDLG's sign rule for a single gradient,
 label-count inference otherwise; GGL reconstructs ONE image, so it takes the most frequent
 inferred class) and fixed; the latent is searched gradient-free (CMA-ES avoids the local minima
 a gradient search through the generator gets stuck in), minimising the gradient distance of
-the generated image's simulated local training (``simulate_update``: E epochs of the known
-hyperparameters) plus GGL's latent regulariser, which keeps the latent's mean square near the
+the generated image's simulated local training (``update_objective``: E epochs of the known
+hyperparameters; a CMA-ES generation is matched in one pass) plus GGL's latent regulariser, which keeps the latent's mean square near the
 prior's 1 so the image stays on the generator's manifold.
 
 The generator is a label-conditional VAE decoder trained on ``knowledge.auxiliary`` the first
@@ -33,7 +33,8 @@ from flaudit.auditor.attacks.toolkit.generators import ConditionalDecoder, Decod
 from flaudit.auditor.attacks.toolkit.honest_server import HonestServerAttack
 from flaudit.auditor.attacks.toolkit.imprint import local_steps
 from flaudit.auditor.attacks.label_inference import inferred_labels
-from flaudit.auditor.attacks.toolkit.local_update import gradient_distance, parameter_mask, simulate_update
+from flaudit.auditor.attacks.toolkit.local_update import parameter_mask
+from flaudit.auditor.attacks.toolkit.update_inversion import update_objective
 from flaudit.defenses.base import Defense
 from flaudit.core.tables import bounded
 from flaudit.core.errors import ConfigError
@@ -61,10 +62,12 @@ class GglParams:
     target_client: int | None = bounded(None, min=0, doc="the client attacked (default: the round's first participant)")
 
 
-def search_latent(loss: Callable[[np.ndarray], float], p: GglParams, seed: int) -> tuple[np.ndarray, float, int]:
+def search_latent(
+    losses: Callable[[Sequence[np.ndarray]], list[float]], p: GglParams, seed: int
+) -> tuple[np.ndarray, float, int]:
     """CMA-ES from the latent origin (the prior's mean) with step size ``p.sigma``, until
-    ``p.evaluations`` or cma's own convergence tests stop it; returns the best latent, its loss
-    and the evaluations spent."""
+    ``p.evaluations`` or cma's own convergence tests stop it; ``losses`` scores a generation at
+    once. Returns the best latent, its loss and the evaluations spent."""
     options = {"seed": seed % (2**31 - 2) + 1, "maxfevals": p.evaluations, "verbose": -9}  # cma: seed 0 = random
     if p.population is not None:
         options["popsize"] = p.population
@@ -72,7 +75,7 @@ def search_latent(loss: Callable[[np.ndarray], float], p: GglParams, seed: int) 
     with step_bar(total=p.evaluations, desc="ggl") as progress:
         while not search.stop():
             candidates = search.ask()
-            search.tell(candidates, [loss(z) for z in candidates])
+            search.tell(candidates, losses(candidates))
             progress.update(len(candidates))
     return np.asarray(search.result.xbest), float(search.result.fbest), int(search.result.evaluations)
 
@@ -118,24 +121,30 @@ class Ggl(HonestServerAttack):
         decoder = self.generator(knowledge, device)
         inferred = inferred_labels(view, upload, knowledge)
         label = torch.bincount(inferred, minlength=knowledge.num_classes).argmax()[None].to(device)
-        # parameter entries (BatchNorm statistics carry no gradient), by index: boolean masking
-        # of a whole update costs more than simulating a step of a small model
-        entries = parameter_mask(view.layout).nonzero().squeeze(1).to(device)
-        observed = upload.update.to(device).index_select(0, entries)
+        # one generated image's update, scaled to the client's steps: for L2, matching it to
+        # observed / ratio relative to that one's energy is the same number
         step_ratio = local_steps(upload.num_samples, view.training) / local_steps(1, view.training)
+        observed = upload.update.to(device) / step_ratio
+        matching = update_objective(observed, view.model, view.layout, view.training, label, distance=p.distance, tv_weight=0.0)
         # the L2 distance is relative to the observed update's energy, so latent_weight means the same at any lr
-        normaliser = observed.square().sum().clamp(min=1e-30).item() if p.distance == "l2" else 1.0
+        energy = observed[parameter_mask(view.layout).to(device)].square().sum().clamp(min=1e-30).item()
+        normaliser = energy if p.distance == "l2" else 1.0
+        per_pass = matching.per_pass
 
-        def loss(latent: np.ndarray) -> float:
-            z = torch.as_tensor(latent, dtype=torch.float32, device=device)[None]
-            image = decoder(z, label)
-            candidate = simulate_update(view.model, view.layout, view.training, image, label, create_graph=False)
-            matching = gradient_distance(step_ratio * candidate.index_select(0, entries), observed, p.distance).item() / normaliser
-            return matching + p.latent_weight * (z.square().mean().item() - 1) ** 2
+        def losses(latents: Sequence[np.ndarray]) -> list[float]:
+            """One CMA-ES generation's losses, its images matched ``per_pass`` at a time."""
+            z = torch.as_tensor(np.stack(latents), dtype=torch.float32, device=device)
+            with torch.no_grad():
+                images = decoder(z, label.expand(len(z)))
+            distances = torch.cat([
+                matching(images[first:first + (per_pass or len(z)), None]).detach()
+                for first in range(0, len(z), per_pass or len(z))
+            ])
+            return (distances / normaliser + p.latent_weight * (z.square().mean(1) - 1) ** 2).tolist()
 
         seed = derive_seed(knowledge.seed, SEARCH_SEED_STREAM, view.round_index, upload.client_id)
-        start = loss(np.zeros(p.latent_dim))
-        best, best_loss, evaluations = search_latent(loss, p, seed)
+        start = losses([np.zeros(p.latent_dim)])[0]
+        best, best_loss, evaluations = search_latent(losses, p, seed)
         if best_loss >= start:  # the search never beat the prior's mean image
             best, best_loss = np.zeros(p.latent_dim), start
         with torch.no_grad():

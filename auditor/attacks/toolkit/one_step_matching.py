@@ -136,7 +136,8 @@ class OneStepMatching:
                 module.train(False)
         labels = self.labels.repeat(restarts, *(1,) * (self.labels.dim() - 1))
         loss = F.cross_entropy(logits, labels, reduction="sum") / n  # the sum of each restart's mean loss
-        grads = torch.autograd.grad(loss, [output for _, output in outputs], create_graph=True, allow_unused=True)
+        graph = images.requires_grad  # a search that only ranks images (GGL) needs no second-order graph
+        grads = torch.autograd.grad(loss, [output for _, output in outputs], create_graph=graph, allow_unused=True)
         calls: dict[nn.Module, Calls] = {layer.module: [] for layer in self.layers}
         for (module, output), grad in zip(outputs, grads):
             calls[module].append((inputs[module][len(calls[module])], torch.zeros_like(output) if grad is None else grad))
