@@ -95,8 +95,13 @@ def test_ggl_search_lowers_the_gradient_distance(digits):
     assert output.labels.tolist() == world.data.train.labels[world.clients[0].train_indices[:1]].tolist()
 
 
+@pytest.fixture(scope="module")
+def fedavg_view(digits):
+    return FedAvgSimulation(digits[0]).run_round(0).server_view
+
+
 @pytest.mark.parametrize("distance", ["cosine", "l2"])
-def test_ggl_scores_one_image_against_the_client_update_scaled_to_its_steps(digits, distance):
+def test_ggl_scores_one_image_against_the_client_update_scaled_to_its_steps(digits, fedavg_view, distance):
     """GGL's loss at the search's start, computed a generation at a time, is the distance of
     the prior image's simulated update, times the client's step count over one
     image's, to the observed update (relative to its energy for L2), plus the latent term."""
@@ -105,7 +110,7 @@ def test_ggl_scores_one_image_against_the_client_update_scaled_to_its_steps(digi
     from flaudit.auditor.attacks.toolkit.local_update import gradient_distance, parameter_mask, simulate_update
 
     world, knowledge = digits
-    view = FedAvgSimulation(world).run_round(0).server_view
+    view = fedavg_view
     upload = view.uploads[0]
     attack = Ggl(GglParams(evaluations=2, prior_steps=20, distance=distance))
     output = attack.reconstruct(view, knowledge)
