@@ -52,11 +52,13 @@ from flaudit.auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput
 from flaudit.auditor.attacks.toolkit.imprint import (
     gradient_estimate,
     isolation_bound,
+    local_steps,
     principal_direction,
     quantile_edges,
     sample_weight_range,
     solve_bins,
     step_share_floor,
+    subtract_readout_drift,
     variant,
 )
 from flaudit.auditor.attacks.toolkit.preparation import Codec, Preparation, State, model_digest, tensor_digest
@@ -78,10 +80,10 @@ class ScaleMiaParams:
         0.1, min=0.0, max=0.5, exclusive_min=True, doc="auxiliary share kept out of training to calibrate the bin selection"
     )
     logit_spread: float = bounded(
-        0.1, min=0.0, exclusive_min=True, doc="largest change the bins make to a logit on auxiliary data (keeps the softmax soft)"
+        0.01, min=0.0, exclusive_min=True, doc="largest change the bins make to a logit on auxiliary data (keeps the softmax soft)"
     )
     bin_slope: float = bounded(
-        0.01, min=0.0, exclusive_min=True,
+        0.005, min=0.0, exclusive_min=True,
         doc="bin pre-activation per std of the query: small crafted rows keep their update above float32 rounding",
     )
     unit_tolerance: float = bounded(
@@ -92,6 +94,11 @@ class ScaleMiaParams:
         0.99, min=0.5, max=1.0, doc="quantile of held-out latents' reprojection error a kept solve may reach"
     )
     selection_slack: float = bounded(1.5, min=1.0, doc="factor on that quantile")
+    encoder_drift_weight: float = bounded(
+        0.2, min=0.0, max=1.0, exclusive_min=True,
+        doc="weight of the convolutions' drift against the imprint rows' in the encoder's balance: a convolution moves "
+        "a batch's latents together (they stay apart), the rows' own update moves each bin by the samples in it",
+    )
     merge_quantile: float = bounded(
         0.05, min=0.0, max=0.5,
         doc="solves closer than this quantile of the auxiliary latents' nearest-neighbour distance are one sample's "
@@ -358,14 +365,22 @@ class BinnedLayer:
         training) and, when its bin moved between its local steps, leaves at least
         ``step_share_floor`` in each interval it visited (``merge_visits`` sums the visits);
         ``unit_tolerance`` widens both ends. Two samples make about twice as much, or cancel."""
-        solution = solve_bins(weight, bias, "cumulative")
-        candidates = solution.nonempty.nonzero().flatten()
         _, high = sample_weight_range(view.num_samples, view.training)
         low = step_share_floor(view.num_samples, view.training)
+        if max(local_steps(n, view.training) for n in view.num_samples) > 1:
+            bias_steps = torch.cat([bias, bias.new_zeros(1)])
+            shares = (bias_steps[:-1] - bias_steps[1:]).abs() / crafted.upstream
+            widths = crafted.imprint_bias[:-1] - crafted.imprint_bias[1:]
+            widths = torch.cat([widths, widths[-1:]]).to(bias.device)
+            weight, bias = subtract_readout_drift(weight, bias, widths, shares < EMPTY_SHARE * low)
+        solution = solve_bins(weight, bias, "cumulative")
+        candidates = solution.nonempty.nonzero().flatten()
         magnitude = solution.weight[candidates].abs() / crafted.upstream
         one = (low * (1 - params.unit_tolerance), high * (1 + params.unit_tolerance))
         return Solved(solution.inputs[candidates], magnitude, one, len(candidates), len(bias), moves=True)
 
+
+EMPTY_SHARE = 0.5  # an interval whose bias-gradient difference is below this share of one local step's holds no sample
 
 CLASS_ROW_ONE = (0.5, 1.5)  # a class's sample count is an integer: one is within half of 1
 
@@ -459,12 +474,13 @@ def drift_by_group(model: nn.Module, layers: LatentLayers, images: torch.Tensor,
     return drift
 
 
-def balanced_scales(drift: dict[str, float], convs: int) -> torch.Tensor:
+def balanced_scales(drift: dict[str, float], convs: int, encoder_weight: float = 1.0) -> torch.Tensor:
     """The encoder's cumulative output scales S_1..S_m that minimise the summed drift: with
     conv l scaled by S_l / S_{l-1} (bias by S_l) and the imprint rows by 1 / S_m, a group's
     drift relative to a bin's width goes as the inverse square of its own scale: conv weights
     (S_{l-1} / S_l)^2, conv biases 1 / S_l^2, imprint rows S_m^2 (its bias is invariant). A
-    convex problem in log S (sums of exponentials), solved with L-BFGS."""
+    convex problem in log S (sums of exponentials), solved with L-BFGS. The convolutions' terms
+    count ``encoder_weight`` times their drift."""
     if convs == 0:
         return torch.ones(0, dtype=torch.float64)
     log_s = torch.zeros(convs, dtype=torch.float64, requires_grad=True)
@@ -474,8 +490,8 @@ def balanced_scales(drift: dict[str, float], convs: int) -> torch.Tensor:
         previous = torch.cat([torch.zeros(1, dtype=torch.float64), log_s[:-1]])
         cost = drift["imprint.weight"] * torch.exp(2 * log_s[-1])
         for l in range(convs):
-            cost = cost + drift[f"conv{l}.weight"] * torch.exp(2 * (previous[l] - log_s[l]))
-            cost = cost + drift.get(f"conv{l}.bias", 0.0) * torch.exp(-2 * log_s[l])
+            cost = cost + encoder_weight * drift[f"conv{l}.weight"] * torch.exp(2 * (previous[l] - log_s[l]))
+            cost = cost + encoder_weight * drift.get(f"conv{l}.bias", 0.0) * torch.exp(-2 * log_s[l])
         return cost
 
     def closure() -> torch.Tensor:
@@ -590,7 +606,7 @@ class ScaleMiaServer:
         aux, training = self.knowledge.auxiliary, self.knowledge.training
         pick = torch.randperm(len(aux), generator=torch.Generator().manual_seed(self.knowledge.seed))[: training.batch_size]
         drift = drift_by_group(probe, layers, aux.images[pick].to(device), aux.labels[pick].to(device), training.lr)
-        return balanced_scales(drift, len(convs)).float().to(device)
+        return balanced_scales(drift, len(convs), self.params.encoder_drift_weight).float().to(device)
 
     def phase_one(self, adapter: ModelAdapter, model: nn.Module) -> Crafting:
         """The prepared phase one (``build_crafting``), shared by every cell of the run with the

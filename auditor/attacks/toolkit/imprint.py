@@ -366,6 +366,45 @@ def solve_bins(weight_grad: torch.Tensor, bias_grad: torch.Tensor, variant_name:
     return BinSolution(X[0, ::step], differences, valid[0, ::step])
 
 
+DRIFT_REACH = 3  # intervals above a bin searched for an empty one to read the readout's drift from
+
+
+def subtract_readout_drift(
+    weight_grad: torch.Tensor, bias_grad: torch.Tensor, widths: torch.Tensor, empty: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cumulative bins' gradients ``[K, D]``, ``[K]`` with what the readout's own training adds
+    to their differences taken out, from observations.
+
+    While a client trains, the readout column of bin k moves by ``-lr * sum (p - y) * a_k``;
+    consecutive bins' activations differ by their interval's width for every sample above
+    both, so their columns drift apart in proportion to that width, and every later sample
+    above the interval adds its latent to the interval's difference with that drift as its
+    coefficient. That contamination changes only where samples sit: an interval that holds no
+    sample (``empty``, bool [K]) shows it alone, and the next interval below, holding one
+    sample, carries the same contamination times the ratio of the two intervals' ``widths``
+    (its crafted pre-activation width). Each interval with an empty one within
+    ``DRIFT_REACH`` above it has the nearest such one's difference, so scaled, subtracted; the
+    others are left as they are. Returns the cumulative gradients of the corrected differences."""
+    W = torch.cat([weight_grad.double(), torch.zeros_like(weight_grad[:1], dtype=torch.float64)])
+    b = torch.cat([bias_grad.double(), torch.zeros(1, dtype=torch.float64, device=bias_grad.device)])
+    dW, db = W[:-1] - W[1:], b[:-1] - b[1:]
+    K = len(db)
+    found = torch.zeros(K, dtype=torch.bool, device=db.device)
+    cW, cb = dW.clone(), db.clone()
+    widths = widths.double()
+    for m in range(1, DRIFT_REACH + 1):
+        here = torch.arange(K - m, device=db.device)
+        use = ~found[here] & empty[here + m]
+        rows = here[use]
+        ratio = widths[rows] / widths[rows + m]
+        cW[rows] = dW[rows] - ratio[:, None] * dW[rows + m]
+        cb[rows] = db[rows] - ratio * db[rows + m]
+        found[rows] = True
+    weight = cW.flip(0).cumsum(0).flip(0)
+    bias = cb.flip(0).cumsum(0).flip(0)
+    return weight.to(weight_grad.dtype).contiguous(), bias.to(bias_grad.dtype).contiguous()
+
+
 # ---- what a binning can do at best -------------------------------------------------------------
 
 
