@@ -17,7 +17,7 @@ import torch
 
 from flaudit.auditor.attacks.base import AttackerKnowledge
 from flaudit.auditor.attacks.toolkit import nulls
-from flaudit.auditor.attacks.toolkit.imprint import gradient_estimate, isolated_fraction, isolation_bound
+from flaudit.auditor.attacks.toolkit.imprint import gradient_estimate, isolated_fraction, isolation_bound, subtract_readout_drift
 from flaudit.auditor.attacks.scale_mia import (
     LEAKAGE_LAYERS,
     MODEL_ADAPTERS,
@@ -131,6 +131,41 @@ def test_merge_visits_sums_one_samples_shares():
     assert len(kept) == 2  # a (merged visits), b; the two c's sum to two samples
     assert torch.cdist(kept, torch.stack([a * 1.0005, b])).min(0).values.max() < 1e-6
     assert len(merge_visits(latents, shares, (0.4, 1.3), 0.0)) == 3  # only identical latents merge: a, a', b
+
+
+def test_readout_drift_is_read_from_empty_intervals_and_subtracted():
+    """Cumulative bins whose readout columns drifted apart while a client trained: bin k's
+    upstream for sample i is ``1 + d_i * rho(e_k)``, ``rho`` piecewise linear in the threshold
+    with a knot at every sample (its own step's readout update). Every sample above an
+    interval adds its latent to the interval's difference, in proportion to the interval's
+    width; the empty interval above shows that alone. Subtracted, the lone samples solve to
+    their latents several times more closely, and to about one sample's bias-gradient share."""
+    g = torch.Generator().manual_seed(0)
+    K, D = 64, 24
+    widths = 0.5 + torch.rand(K, generator=g, dtype=torch.float64)
+    edges = torch.cat([torch.zeros(1, dtype=torch.float64), widths.cumsum(0)])[:K]
+    occupied = torch.randperm(K - 1, generator=g)[:20].sort().values  # every third interval or so holds a sample
+    position = edges[occupied] + widths[occupied] * (0.1 + 0.8 * torch.rand(20, generator=g, dtype=torch.float64))
+    latents = torch.rand(20, D, generator=g, dtype=torch.float64)
+    d = torch.randn(20, generator=g, dtype=torch.float64)  # each sample's (p - y) along the drift
+    gamma = 0.02 * (1 + 0.3 * torch.randn(20, generator=g, dtype=torch.float64))  # momentum keeps the drift's sign
+    rho = ((position[None, :] - edges[:, None]).clamp(min=0) * gamma[None, :]).sum(1)  # [K]
+    upstream = 1 + d[None, :] * rho[:, None]  # [K, samples]
+    above = (position[None, :] > edges[:, None]).double()
+    weight, bias = (above * upstream) @ latents, (above * upstream).sum(1)
+    empty = torch.ones(K, dtype=torch.bool)
+    empty[occupied] = False
+    fixed_w, fixed_b = subtract_readout_drift(weight.float(), bias.float(), (widths * 0.01).float(), empty)
+
+    def errors(w, b):
+        w, b = torch.cat([w.double(), torch.zeros(1, D, dtype=torch.float64)]), torch.cat([b.double(), torch.zeros(1, dtype=torch.float64)])
+        solved = (w[:-1] - w[1:])[occupied] / (b[:-1] - b[1:])[occupied, None]
+        return (solved - latents).norm(dim=1) / latents.norm(dim=1), (b[:-1] - b[1:])[occupied]
+
+    plain, plain_share = errors(weight, bias)
+    fixed, fixed_share = errors(fixed_w, fixed_b)
+    assert float(plain.median()) > 0.05 and float(fixed.median()) < float(plain.median()) / 5, (plain, fixed)
+    assert float((fixed_share - upstream[occupied, torch.arange(20)]).abs().max()) < float((plain_share - upstream[occupied, torch.arange(20)]).abs().max()) / 3
 
 
 @pytest.fixture(scope="module")
@@ -300,11 +335,11 @@ def test_batch_size_table(trained):
 
 
 # Floors of the local-steps table (ratio of the rate at 18 dB to the isolation bound), measured
-# with margin: the issue's 0.9 is met at B=32 (one step per epoch; 0.88-1.06 over autoencoder
-# trainings); at B=16 the readout's own training (its columns stop being identical) limits what
-# the crafting can hold; at B=8 the attack matches no more than the data-blind guess (~0.34 of
-# photo_patches' targets at 18 dB): no floor would test it.
-LOCAL_STEP_FLOORS = {32: 0.85, 16: 0.6}
+# with margin (the autoencoder's training moves a cell by ~0.1): the issue's 0.9 is met in every
+# cell (0.91-1.14) but E=5, B=8 (20 local steps with momentum: 0.64, the second order of the
+# bins' and the readout's drift), which stays above the data-blind guess (~0.34 of
+# photo_patches' targets at 18 dB, 0.44 x bound).
+LOCAL_STEP_FLOOR, LOCAL_STEP_FLOORS = 0.8, {(5, 8): 0.55}
 
 
 @pytest.mark.slow
@@ -328,7 +363,7 @@ def test_local_steps_table(trained):
                     f"{epochs} | {batch:2d} | {'yes' if secure else 'no ':3s}    | {at18.recovery_rate:9.3f} | {bound:5.3f} | "
                     f"{at18.recovery_rate / bound:5.2f} | {psnr:7.2f} | {blind_rate(result, 18.0):10.3f} | {len(result.output.images)}"
                 )
-                if batch in LOCAL_STEP_FLOORS and at18.recovery_rate < LOCAL_STEP_FLOORS[batch] * bound:
+                if at18.recovery_rate < LOCAL_STEP_FLOORS.get((epochs, batch), LOCAL_STEP_FLOOR) * bound:
                     below.append(lines[-1])
             if abs(rates[True] - rates[False]) > 0.05:
                 apart.append((epochs, batch))

@@ -17,16 +17,19 @@ sample the same upstream gradient), and a kept latent must be non-negative and r
 through decoder and encoder about as well as held-out auxiliary latents do -> decoder.
 
 Exact for one local step per client (FedSGD). With several local steps the clients' training
-moves the crafted bins between steps (one step of B=8 at lr 0.05 moves them by ~200 bin widths,
-almost all of it through the imprint rows' own update, whose effect grows with the latent's
-squared norm), so a sample leaves its share in several intervals and samples of different steps
-share intervals. Two measures answer it: the encoder's ReLU scale invariance, balanced by one
-simulated step on auxiliary data (``balanced_scales``: the latent shrinks ~5x and the bins move
-~10-20x less at the same function), and ``merge_visits`` (a sample's visits solve to the same
-latent and their shares add up to one sample's). The readout's own update limits the rest: its
-columns stop being identical, and making the bins' pre-activations wider to slow them down
-speeds the readout up by the same factor (measured in the tests: at B=8 the attack matches no
-more than a data-blind guess).
+moves the crafted bins between steps (almost all of it through the imprint rows' own update,
+whose effect grows with the latent's squared norm), so a sample leaves its share in several
+intervals and samples of different steps share intervals; and the readout's own update makes
+its columns differ, so every later sample above an interval adds its latent to the interval's
+difference. Three measures answer it: the encoder's ReLU scale invariance, balanced by one
+simulated step on auxiliary data (``balanced_scales``: the latent shrinks and the bins move
+many times less at the same function; a convolution's drift moves a batch's latents together,
+so it weighs less than the rows'); ``subtract_readout_drift`` (the contamination is
+proportional to an interval's width and changes only where samples sit, so an empty
+neighbour shows it); and ``merge_visits`` (a sample's visits solve to the same latent and
+their shares add up to one sample's). With the readout's drift read off, the crafting can
+trade it for slower bins (smaller ``logit_spread`` and ``bin_slope``). What is left at many
+steps of small batches (E=5, B=8: 20 steps with momentum) is the second order of both.
 
 Supported models (``MODEL_ADAPTERS``): ``cnn`` (encoder conv-conv, imprint = the 512-unit
 layer), ``mlp`` (the hidden layer reads the pixels: identity encoder, exact pixels),
