@@ -334,6 +334,9 @@ def merge_visits(latents: torch.Tensor, shares: torch.Tensor, one: tuple[float, 
     return torch.stack(kept) if kept else latents[:0]
 
 
+EMPTY_SHARE = 0.5  # an interval whose bias-gradient difference is below this share of one local step's holds no sample
+
+
 class BinnedLayer:
     """A hidden latent layer (ReLU, then a linear readout): K cumulative bins of one query."""
 
@@ -367,7 +370,9 @@ class BinnedLayer:
         upstream. One sample makes at most ``sample_weight_range``'s high end (known local
         training) and, when its bin moved between its local steps, leaves at least
         ``step_share_floor`` in each interval it visited (``merge_visits`` sums the visits);
-        ``unit_tolerance`` widens both ends. Two samples make about twice as much, or cancel."""
+        ``unit_tolerance`` widens both ends. Two samples make about twice as much, or cancel.
+        With several local steps the readout's drift is taken out first
+        (``subtract_readout_drift``; intervals below ``EMPTY_SHARE`` of one step's share are empty)."""
         _, high = sample_weight_range(view.num_samples, view.training)
         low = step_share_floor(view.num_samples, view.training)
         if max(local_steps(n, view.training) for n in view.num_samples) > 1:
@@ -382,8 +387,6 @@ class BinnedLayer:
         one = (low * (1 - params.unit_tolerance), high * (1 + params.unit_tolerance))
         return Solved(solution.inputs[candidates], magnitude, one, len(candidates), len(bias), moves=True)
 
-
-EMPTY_SHARE = 0.5  # an interval whose bias-gradient difference is below this share of one local step's holds no sample
 
 CLASS_ROW_ONE = (0.5, 1.5)  # a class's sample count is an integer: one is within half of 1
 
