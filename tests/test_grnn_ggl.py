@@ -122,7 +122,7 @@ def test_ggl_scores_one_image_against_the_client_update_scaled_to_its_steps(digi
     entries = parameter_mask(view.layout)
     candidate = ratio * simulate_update(view.model, view.layout, view.training, image, label, create_graph=False)
     observed = upload.update[entries]
-    expected = float(gradient_distance(candidate[entries], observed, distance))
+    expected = float(gradient_distance(candidate[entries], observed, distance).detach())
     expected /= float(observed.square().sum()) if distance == "l2" else 1.0
     assert output.diagnostics["loss_start"] == pytest.approx(expected + 0.1, rel=1e-4)  # + latent_weight (0 - 1)^2
 
