@@ -10,7 +10,7 @@ candidate) and a plain-autograd path on the ``nn.Module`` (``model(x)`` then
 ``autograd.grad(create_graph=True)`` over its parameters; reference; it can express one local
 step only); benches/conftest.py prints "reference / candidate".
 
-The restart groups time one iteration of R = 4 restarts as IG runs them (``per_pass`` of the
+The restart groups time one iteration of R = 4 restarts as IG runs them (``passes`` of the
 objective: all four in one pass on one gradient; candidate) against the same restarts one
 after another (reference) and against one restart (floor: "batched / one restart" is what R
 restarts cost in restarts' time), on one gradient (E=1) at 8x8 (the default audit's digits)

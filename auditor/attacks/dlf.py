@@ -65,7 +65,7 @@ class DataLeakageFedAvg(HonestServerAttack):
         copies, loss = optimise_images(
             (epochs, n, *knowledge.image_shape), objective, iterations=self.params.iterations,
             restarts=self.params.restarts, lr=self.params.lr, signed=self.params.signed, seed=knowledge.seed,
-            device=device, desc="DLF", per_pass=objective.per_pass,
+            device=device, desc="DLF",
         )
         images = copies.mean(0)
         diagnostics = {"loss": loss, "epoch_spread": float(epoch_spread(copies))}

@@ -7,8 +7,9 @@ label-count inference otherwise; GGL reconstructs ONE image, so it takes the mos
 inferred class) and fixed; the latent is searched gradient-free (CMA-ES avoids the local minima
 a gradient search through the generator gets stuck in), minimising the gradient distance of
 the generated image's simulated local training (``update_objective``: E epochs of the known
-hyperparameters; a CMA-ES generation is matched in one pass) plus GGL's latent regulariser, which keeps the latent's mean square near the
-prior's 1 so the image stays on the generator's manifold.
+hyperparameters; a CMA-ES generation is matched in one pass) plus GGL's latent regulariser,
+which keeps the latent's mean square near the prior's 1 so the image stays on the generator's
+manifold.
 
 The generator is a label-conditional VAE decoder trained on ``knowledge.auxiliary`` the first
 time it is needed (a preparation: every round and defense of an audit shares it); it is not
@@ -126,20 +127,17 @@ class Ggl(HonestServerAttack):
         step_ratio = local_steps(upload.num_samples, view.training) / local_steps(1, view.training)
         observed = upload.update.to(device) / step_ratio
         matching = update_objective(observed, view.model, view.layout, view.training, label, distance=p.distance, tv_weight=0.0)
-        # the L2 distance is relative to the observed update's energy, so latent_weight means the same at any lr
-        energy = observed[parameter_mask(view.layout).to(device)].square().sum().clamp(min=1e-30).item()
-        normaliser = energy if p.distance == "l2" else 1.0
-        per_pass = matching.per_pass
+        normaliser = 1.0
+        if p.distance == "l2":  # relative to the observed update's energy, so latent_weight means the same at any lr
+            normaliser = observed[parameter_mask(view.layout).to(device)].square().sum().clamp(min=1e-30).item()
 
         def losses(latents: Sequence[np.ndarray]) -> list[float]:
-            """One CMA-ES generation's losses, its images matched ``per_pass`` at a time."""
+            """One CMA-ES generation's losses, its images matched as many per call as
+            ``matching`` takes."""
             z = torch.as_tensor(np.stack(latents), dtype=torch.float32, device=device)
             with torch.no_grad():
                 images = decoder(z, label.expand(len(z)))
-            distances = torch.cat([
-                matching(images[first:first + (per_pass or len(z)), None]).detach()
-                for first in range(0, len(z), per_pass or len(z))
-            ])
+            distances = torch.cat([matching(images[part, None]).detach() for part in matching.passes(len(z))])
             return (distances / normaliser + p.latent_weight * (z.square().mean(1) - 1) ** 2).tolist()
 
         seed = derive_seed(knowledge.seed, SEARCH_SEED_STREAM, view.round_index, upload.client_id)

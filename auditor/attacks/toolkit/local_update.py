@@ -17,8 +17,9 @@ parameter copies instead of 480 steps' graphs (24 GB for the study's CNN at 32x3
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable, Iterator, Literal
 
 import torch
 import torch.nn.functional as F
@@ -108,17 +109,11 @@ def _simulate(
     # a graph w.r.t. the images or soft labels only: the start parameters are constants
     create_graph = create_graph and (images.requires_grad or labels.requires_grad)
     replay = create_graph and len(steps) > GRAPH_STEPS
-    evaluating = [module for module in model.modules() if not module.training]
-    for module in evaluating:
-        module.train(True)
-    try:
+    with train_mode(model):
         if replay:
             params = dict(zip(start, _Replay.apply(images, labels, run, start, buffers)))
         else:
             params = run.forward(_State.initial(start, create_graph), buffers, create_graph).params
-    finally:
-        for module in evaluating:
-            module.train(False)
     start_buffers = dict(model.named_buffers())
     pieces = [
         params[name] - start[name] if is_param else (buffers[name] - start_buffers[name]).float()
@@ -126,6 +121,20 @@ def _simulate(
     ]
     shape = (restarts, -1) if restarts else (-1,)
     return [p.reshape(shape) for p in pieces]
+
+
+@contextlib.contextmanager
+def train_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in train mode (as the client trains it: BatchNorm on batch statistics, dropout
+    on) for the block; the modules that were in eval mode go back to it."""
+    evaluating = [module for module in model.modules() if not module.training]
+    for module in evaluating:
+        module.train(True)
+    try:
+        yield
+    finally:
+        for module in evaluating:
+            module.train(False)
 
 
 def _batched(tensor: Tensor, restarts: int) -> Tensor:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.grad import conv2d_weight
 
+from flaudit.auditor.attacks.toolkit.local_update import train_mode
 from flaudit.scenarios.views import TrainingSpec
 
 MATCHED_LAYERS = (nn.Linear, nn.Conv2d)
@@ -115,32 +116,26 @@ class OneStepMatching:
         """Cosine distances ``[R]`` of the restarts' images ``[R, N, C, H, W]`` (or
         ``[R, 1, N, C, H, W]``: the one epoch's copy)."""
         restarts, n = images.shape[0], len(self.labels)
-        inputs: dict[nn.Module, list[Tensor]] = {layer.module: [] for layer in self.layers}
-        outputs: list[tuple[nn.Module, Tensor]] = []
+        records: list[tuple[nn.Module, Tensor, Tensor]] = []  # (layer, input, output) per call
 
         def keep(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> Tensor:
-            inputs[module].append(args[0])
-            outputs.append((module, output))
+            records.append((module, args[0], output))
             return output.clone()  # an in-place activation must not overwrite the output we differentiate
 
         hooks = [layer.module.register_forward_hook(keep) for layer in self.layers]
-        evaluating = [module for module in self.model.modules() if not module.training]
         try:
-            for module in evaluating:
-                module.train(True)
-            logits = self.model(images.reshape(restarts * n, *images.shape[-3:]))
+            with train_mode(self.model):
+                logits = self.model(images.reshape(restarts * n, *images.shape[-3:]))
         finally:
             for hook in hooks:
                 hook.remove()
-            for module in evaluating:
-                module.train(False)
         labels = self.labels.repeat(restarts, *(1,) * (self.labels.dim() - 1))
         loss = F.cross_entropy(logits, labels, reduction="sum") / n  # the sum of each restart's mean loss
         graph = images.requires_grad  # a search that only ranks images (GGL) needs no second-order graph
-        grads = torch.autograd.grad(loss, [output for _, output in outputs], create_graph=graph, allow_unused=True)
+        grads = torch.autograd.grad(loss, [output for *_, output in records], create_graph=graph, allow_unused=True)
         calls: dict[nn.Module, Calls] = {layer.module: [] for layer in self.layers}
-        for (module, output), grad in zip(outputs, grads):
-            calls[module].append((inputs[module][len(calls[module])], torch.zeros_like(output) if grad is None else grad))
+        for (module, inputs, output), grad in zip(records, grads):
+            calls[module].append((inputs, torch.zeros_like(output) if grad is None else grad))
         ran = [layer for layer in self.layers if calls[layer.module]]  # a layer the pass skipped has no gradient
         decay = self.training.weight_decay
         total = _layer_figures(ran[0], calls[ran[0].module], restarts, bool(decay))

@@ -38,7 +38,7 @@ class IgParams:
 
 def optimise_images(
     shape: tuple[int, ...],
-    objective: Callable[[Tensor], Tensor],
+    objective: "UpdateObjective",
     *,
     iterations: int,
     restarts: int,
@@ -47,20 +47,19 @@ def optimise_images(
     seed: int,
     device: torch.device,
     desc: str,
-    per_pass: int | None = None,
 ) -> tuple[Tensor, float]:
     """Minimises ``objective`` over images of ``shape`` in [0, 1] (Adam, step decay, restarts
     from uniform noise); returns the best images and their loss. The R restarts are one tensor
-    ``[R, *shape]`` that ``objective`` maps to R losses, ``per_pass`` restarts at a time (all by
-    default; ``UpdateObjective.per_pass``): Adam is elementwise, so each restart follows its own path,
-    and one whose loss is not finite stops where it is."""
+    ``[R, *shape]`` that ``objective`` maps to R losses, as many per call as it takes
+    (``UpdateObjective.passes``): Adam is elementwise, so each restart follows its own path, and
+    one whose loss is not finite stops where it is."""
     generator = torch.Generator().manual_seed(seed)
     x = torch.rand((restarts, *shape), generator=generator).to(device).requires_grad_()
     optimizer = torch.optim.Adam([x], lr=lr)
     milestones = sorted({max(1, int(iterations * f)) for f in DECAY_POINTS})
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
     running = torch.ones(restarts, dtype=torch.bool, device=device)
-    passes = [slice(first, first + (per_pass or restarts)) for first in range(0, restarts, per_pass or restarts)]
+    passes = objective.passes(restarts)
     for _ in step_bar(range(iterations), desc=desc):
         grad = torch.zeros_like(x)
         for part in passes:
@@ -93,6 +92,11 @@ class UpdateObjective:
     tv_weight: float
     regularizer: Callable[[Tensor], Tensor] | None
     per_pass: int | None
+
+    def passes(self, restarts: int) -> list[slice]:
+        """The restarts ``0..restarts-1`` as the calls that should take them."""
+        step = self.per_pass or restarts
+        return [slice(first, first + step) for first in range(0, restarts, step)]
 
     def __call__(self, images: Tensor) -> Tensor:
         loss = self.distance(images) + self.tv_weight * total_variation(images)
@@ -153,6 +157,5 @@ def invert_update(
     images, _ = optimise_images(
         (len(labels), *image_shape), objective, iterations=params.iterations, restarts=params.restarts,
         lr=params.lr, signed=params.signed, seed=seed, device=device, desc="inverting gradients",
-        per_pass=objective.per_pass,
     )
     return images
