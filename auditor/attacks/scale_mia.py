@@ -30,6 +30,12 @@ neighbour shows it); and ``merge_visits`` (a sample's visits solve to the same l
 their shares add up to one sample's). With the readout's drift read off, the crafting can
 trade it for slower bins (smaller ``logit_spread`` and ``bin_slope``). What is left at many
 steps of small batches (E=5, B=8: 20 steps with momentum) is the second order of both.
+The trade depends on the clients' labels: a later sample adds its latent to the readout's
+contamination through the softmax's coupling of the two samples' classes, which cancels on
+average across classes and not within one, so clients holding few classes need a larger
+``logit_spread`` than IID ones (the bins' movement grows with ``logit_spread / bin_slope**2``
+and the contamination with its inverse). The default is the IID optimum;
+``examples/label-skew`` measures both on one federation.
 
 Supported models (``MODEL_ADAPTERS``): ``cnn`` (encoder conv-conv, imprint = the 512-unit
 layer), ``mlp`` (the hidden layer reads the pixels: identity encoder, exact pixels),
@@ -83,7 +89,9 @@ class ScaleMiaParams:
         0.1, min=0.0, max=0.5, exclusive_min=True, doc="auxiliary share kept out of training to calibrate the bin selection"
     )
     logit_spread: float = bounded(
-        0.01, min=0.0, exclusive_min=True, doc="largest change the bins make to a logit on auxiliary data (keeps the softmax soft)"
+        0.01, min=0.0, exclusive_min=True,
+        doc="largest change the bins make to a logit on auxiliary data (keeps the softmax soft); clients that hold few "
+        "classes are read better at a larger one (0.05: examples/label-skew)",
     )
     bin_slope: float = bounded(
         0.005, min=0.0, exclusive_min=True,
