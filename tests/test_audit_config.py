@@ -177,7 +177,8 @@ def test_embedded_default_audit():
     full = load_audit(None, "full")
     assert [s.label for s in full.scenarios] == DEFAULT_SCENARIOS and all(len(s.seeds) == 3 for s in full.scenarios)
     document = tomllib.loads(default_audit_text())
-    assert document["attack"] == [{"name": "*"}] and document["defense"] == [{"name": "*"}]
+    skew = {"name": "scale_mia", "label": "scale_mia_skew", "logit_spread": 0.05}  # Scale-MIA for label-skewed clients
+    assert document["attack"] == [skew, {"name": "*"}] and document["defense"] == [{"name": "*"}]
     assert quick.overlay.attack == {"ig": {"iterations": 300}} and full.overlay.attack == {}  # full: the papers' budgets
 
 
@@ -189,9 +190,11 @@ def test_default_audit_plans_every_registered_component():
     catalog = registered()
     plan = build_plan(load_audit(None), catalog)  # preflight: builds each world, composes each column
     assert [d.label for d in plan.defenses] == ["none", *catalog.defenses.names()]
-    assert [a.label for a in plan.attacks] == catalog.attacks.names()
+    assert [a.label for a in plan.attacks] == ["scale_mia_skew", *catalog.attacks.names()]  # Scale-MIA for non-IID clients
     applicable = [c for c in plan.cells if not c.not_applicable]
-    assert {c.attack.label for c in applicable} == set(catalog.attacks.names())
+    assert {c.attack.label for c in applicable} == {"scale_mia_skew", *catalog.attacks.names()}
+    skew = {c.scenario.label for c in applicable if c.attack.label == "scale_mia_skew"}
+    assert skew == {"digits-fedavg", "photos-fedavg"}  # the realistic (several local steps, label-skewed) federations
     assert {c.defense.label for c in applicable if c.scenario.label == "digits-fedsgd"} == {d.label for d in plan.defenses}
     worst, realistic = (s.config for s in plan.config.scenarios[:2])
     assert worst.local_epochs == 1 and worst.batch_size * worst.clients + worst.auxiliary_samples == worst.max_samples
@@ -246,3 +249,21 @@ def test_a_bad_selection_is_one_config_error(change, message):
     text = SELECTED.replace('defenses = ["toy_noise", "none"]\nattacks = ["linear_leakage"]', change)
     with pytest.raises(ConfigError, match=message):
         build_plan(toy_config(text, base=""), toy_catalog(), preflight=False)
+
+
+def test_label_skew_example_differs_from_the_default_audit_only_where_it_says():
+    """examples/label-skew: the default audit's photos-fedavg, the same federation drawn IID, and
+    Scale-MIA at its default and a larger logit spread (four cells, three seeds each)."""
+    from pathlib import Path
+
+    from flaudit.auditor.running.catalog import registered
+
+    root = Path(__file__).resolve().parents[1]
+    plan = build_plan(load_audit(root / "examples" / "label-skew" / "audit.toml"), registered())
+    default = next(s.config for s in load_audit(None).scenarios if s.label == "photos-fedavg")
+    skewed, iid = (s.config for s in plan.config.scenarios)
+    assert skewed == default
+    assert iid.partition == "iid" and iid.replace(partition=skewed.partition, alpha=skewed.alpha) == skewed
+    spreads = {c.attack.label: {j.attack.params.logit_spread for j in c.jobs} for c in plan.cells}
+    assert spreads == {"scale_mia": {0.01}, "scale_mia_spread_0.05": {0.05}}
+    assert all(len(c.jobs) == 3 and not c.not_applicable for c in plan.cells) and len(plan.cells) == 4
