@@ -488,7 +488,7 @@ def drift_by_group(model: nn.Module, layers: LatentLayers, images: torch.Tensor,
     return drift
 
 
-def balanced_scales(drift: dict[str, float], convs: int, encoder_weight: float = 1.0) -> torch.Tensor:
+def balanced_scales(drift: dict[str, float], convs: int, encoder_weight: float) -> torch.Tensor:
     """The encoder's cumulative output scales S_1..S_m that minimise the summed drift: with
     conv l scaled by S_l / S_{l-1} (bias by S_l) and the imprint rows by 1 / S_m, a group's
     drift relative to a bin's width goes as the inverse square of its own scale: conv weights

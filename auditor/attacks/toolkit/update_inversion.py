@@ -38,7 +38,7 @@ class IgParams:
 
 def optimise_images(
     shape: tuple[int, ...],
-    objective: "UpdateObjective",
+    objective: UpdateObjective,
     *,
     iterations: int,
     restarts: int,
