@@ -25,8 +25,10 @@ from flaudit.auditor.attacks.scale_mia import (
     ScaleMiaParams,
     ScaleMiaServer,
     adapter_for,
+    dihedral_copies,
     drift_by_group,
     install,
+    lone_solve_errors,
     merge_visits,
 )
 from flaudit.auditor.metrics.measures import match_reconstructions, summarize
@@ -186,6 +188,30 @@ def test_multi_step_round_leaks_beyond_a_data_blind_guess(multi_step_round):
     assert at18.recovery_rate >= 0.65 * bound and at18.recovery_rate >= blind + 0.25, (at18.recovery_rate, bound, blind)
 
 
+def test_multi_step_threshold_is_measured_on_a_simulated_client(cnn_round, multi_step_round):
+    """One local step: the held-out latents' threshold. Several: a simulated client of the
+    attacker's own images shows its lone visits' solves reprojecting worse, and the selection
+    admits that much (the data-blind test below shows it still keeps nothing from a shuffled
+    update)."""
+    attack, result = cnn_round
+    assert result.output.diagnostics["reprojection_threshold"] == attack.server.crafting.reprojection_threshold
+    attack, result = multi_step_round
+    server, params = attack.server, attack.params
+    lone = lone_solve_errors(result.view, result.knowledge, server.crafting, params, server.latent_scale)
+    assert len(lone) >= 32  # 32 simulated images, each in one or two intervals of 512
+    expected = float(torch.quantile(lone.double(), params.selection_quantile)) * params.selection_slack
+    assert result.output.diagnostics["reprojection_threshold"] == pytest.approx(max(expected, server.crafting.reprojection_threshold))
+    assert expected > server.crafting.reprojection_threshold
+
+
+def test_dihedral_copies_extend_the_held_out_images():
+    images = torch.rand(3, 1, 4, 4)
+    copies = dihedral_copies(images, 30)
+    assert copies.shape == (30, 1, 4, 4) and torch.equal(copies[:3], images)
+    assert torch.equal(copies[3:6], images.flip(3)) and torch.equal(copies[6:9], torch.rot90(images, 1, (2, 3)))
+    assert torch.equal(copies[24:], copies[:6])  # the eight versions, then again
+
+
 def test_multi_step_selection_reads_the_update(multi_step_round):
     """The same round with the update's crafted rows shuffled (what an attacker that ignores
     the update's structure has): nothing is kept."""
@@ -334,12 +360,12 @@ def test_batch_size_table(trained):
     print("\nScale-MIA cnn, 4 clients, photo_patches 32x32:\n" + "\n".join(lines))
 
 
-# Floors of the local-steps table (ratio of the rate at 18 dB to the isolation bound), measured
-# with margin (the autoencoder's training moves a cell by ~0.1): the issue's 0.9 is met in every
-# cell (0.91-1.14) but E=5, B=8 (20 local steps with momentum: 0.64, the second order of the
-# bins' and the readout's drift), which stays above the data-blind guess (~0.34 of
-# photo_patches' targets at 18 dB, 0.44 x bound).
-LOCAL_STEP_FLOOR, LOCAL_STEP_FLOORS = 0.8, {(5, 8): 0.55}
+# Floor of the local-steps table (ratio of the rate at 18 dB to the isolation bound): the issue's
+# 0.9. On this draw every cell is at 0.99-1.15 (E=5, B=8: 1.00); over 4 draws the means are
+# 0.97-1.18 but E=5, B=8 (20 local steps with momentum): 0.86, where the lone visits left are so
+# contaminated that they decode to no image (the data-blind guess: ~0.34 of photo_patches'
+# targets at 18 dB, 0.44 x bound).
+LOCAL_STEP_FLOOR = 0.9
 
 
 @pytest.mark.slow
@@ -363,7 +389,7 @@ def test_local_steps_table(trained):
                     f"{epochs} | {batch:2d} | {'yes' if secure else 'no ':3s}    | {at18.recovery_rate:9.3f} | {bound:5.3f} | "
                     f"{at18.recovery_rate / bound:5.2f} | {psnr:7.2f} | {blind_rate(result, 18.0):10.3f} | {len(result.output.images)}"
                 )
-                if at18.recovery_rate < LOCAL_STEP_FLOORS.get((epochs, batch), LOCAL_STEP_FLOOR) * bound:
+                if at18.recovery_rate < LOCAL_STEP_FLOOR * bound:
                     below.append(lines[-1])
             if abs(rates[True] - rates[False]) > 0.05:
                 apart.append((epochs, batch))

@@ -13,23 +13,28 @@ every defense column of a (scenario, seed).
 Phase 2 (``reconstruct``, aggregate only): update -> gradient estimate -> ``bin_solve`` per
 interval -> the latents of the intervals that hold one sample, decided from observations only:
 the interval's bias-gradient difference counts its samples (the crafted readout gives every
-sample the same upstream gradient), and a kept latent must be non-negative and reproduce itself
-through decoder and encoder about as well as held-out auxiliary latents do -> decoder.
+sample the same upstream gradient), and a kept latent (its negative entries, impossible after
+the encoder's ReLU, set to 0) must reproduce itself through decoder and encoder about as well as
+held-out auxiliary latents do -> decoder.
 
 Exact for one local step per client (FedSGD). With several local steps the clients' training
 moves the crafted bins between steps (almost all of it through the imprint rows' own update,
 whose effect grows with the latent's squared norm), so a sample leaves its share in several
 intervals and samples of different steps share intervals; and the readout's own update makes
 its columns differ, so every later sample above an interval adds its latent to the interval's
-difference. Three measures answer it: the encoder's ReLU scale invariance, balanced by one
+difference. Four measures answer it: the encoder's ReLU scale invariance, balanced by one
 simulated step on auxiliary data (``balanced_scales``: the latent shrinks and the bins move
 many times less at the same function; a convolution's drift moves a batch's latents together,
 so it weighs less than the rows'); ``subtract_readout_drift`` (the contamination is
 proportional to an interval's width and changes only where samples sit, so an empty
-neighbour shows it); and ``merge_visits`` (a sample's visits solve to the same latent and
-their shares add up to one sample's). With the readout's drift read off, the crafting can
-trade it for slower bins (smaller ``logit_spread`` and ``bin_slope``). What is left at many
-steps of small batches (E=5, B=8: 20 steps with momentum) is the second order of both.
+neighbour shows it); ``merge_visits`` (a sample's visits solve to the same latent and
+their shares add up to one sample's); and a selection threshold measured on a simulated client
+of the attacker's own held-out images (``lone_solve_errors``: a lone visit's solve, read under a
+drifting encoder and with what is left of the readout's drift, reprojects worse than a clean
+latent, by as much as the round's training makes it). With the readout's drift read off, the
+crafting can trade it for slower bins (smaller ``logit_spread`` and ``bin_slope``). What is left
+at many steps of small batches (E=5, B=8: 20 steps with momentum) is the second order of both:
+visits so contaminated that they decode to no image.
 The trade depends on the clients' labels: a later sample adds its latent to the readout's
 contamination through the softmax's coupling of the two samples' classes, which cancels on
 average across classes and not within one, so clients holding few classes need a larger
@@ -48,6 +53,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import dataclasses
 from dataclasses import dataclass, fields
 from typing import Callable
 
@@ -74,6 +80,7 @@ from flaudit.auditor.attacks.toolkit.preparation import Codec, Preparation, Stat
 from flaudit.auditor.ops.bin_solve import bin_solve
 from flaudit.core.tables import bounded
 from flaudit.core.errors import ConfigError, FlauditError
+from flaudit.scenarios.client import make_loader, train_client
 from flaudit.scenarios.models import FeatureClassifier
 from flaudit.scenarios.views import ServerView
 from flaudit.core.progress import step_bar
@@ -238,6 +245,22 @@ def dihedral(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return out.flip(3) if bool(torch.randint(2, (1,), generator=generator)) else out
 
 
+def dihedral_copies(images: torch.Tensor, count: int) -> torch.Tensor:
+    """``count`` images: ``images``, then their flips and (square images) rotations in turn."""
+    square = images.shape[-1] == images.shape[-2]
+    turns = [torch.rot90(images, k, (2, 3)) for k in range(4 if square else 1)]
+    versions = torch.cat([v for turned in turns for v in (turned, turned.flip(3))])
+    return versions.repeat(-(-count // len(versions)), 1, 1, 1)[:count]
+
+
+def held_out_split(count: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The auxiliary indices kept out of the autoencoder's training (they calibrate the
+    selection) and the rest."""
+    holdout = max(1, round(fraction * count))
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    return order[:holdout], order[holdout:]
+
+
 class AutoEncoder(nn.Module):
     def __init__(self, encoder: nn.Module, decoder: nn.Module) -> None:
         super().__init__()
@@ -309,6 +332,7 @@ class Solved:
     """Candidate latents of one round and how much of a sample each holds, from observations."""
 
     latents: torch.Tensor  # [M, D]
+    where: torch.Tensor  # [M]: each candidate's interval (or class)
     shares: torch.Tensor  # [M]: the candidate's bias-gradient difference, in the units of ``one``
     one: tuple[float, float]  # the shares one sample makes (known local training, with slack)
     nonempty: int  # intervals (or classes) that hold any sample
@@ -393,7 +417,7 @@ class BinnedLayer:
         candidates = solution.nonempty.nonzero().flatten()
         magnitude = solution.weight[candidates].abs() / crafted.upstream
         one = (low * (1 - params.unit_tolerance), high * (1 + params.unit_tolerance))
-        return Solved(solution.inputs[candidates], magnitude, one, len(candidates), len(bias), moves=True)
+        return Solved(solution.inputs[candidates], candidates, magnitude, one, len(candidates), len(bias), moves=True)
 
 
 CLASS_ROW_ONE = (0.5, 1.5)  # a class's sample count is an integer: one is within half of 1
@@ -419,14 +443,15 @@ class ClassRowLayer:
         n = sum(view.num_samples)
         absent = int(bias.argmax())
         if abs(float(bias[absent]) * n - n / len(bias)) > 0.5:  # every class present: Z unknown
-            return Solved(weight[:0], bias[:0], CLASS_ROW_ONE, len(bias), len(bias), moves=False)
+            return Solved(weight[:0], torch.zeros(0, dtype=torch.long), bias[:0], CLASS_ROW_ONE, len(bias), len(bias), moves=False)
         others = [c for c in range(len(bias)) if c != absent]
         pairs_w = torch.stack([torch.stack([weight[absent], weight[c]]) for c in others]).flatten(0, 1)
         pairs_b = torch.stack([torch.stack([bias[absent], bias[c]]) for c in others]).flatten()
         X, valid = bin_solve(pairs_w[None].contiguous(), pairs_b[None].contiguous(), 0.5 / n)
         counts = (pairs_b[0::2] - pairs_b[1::2]) * n
         present = valid[0, 0::2]
-        return Solved(X[0, 0::2][present], counts[present], CLASS_ROW_ONE, int(present.sum()), len(bias), moves=False)
+        classes = torch.tensor(others, device=bias.device)[present]
+        return Solved(X[0, 0::2][present], classes, counts[present], CLASS_ROW_ONE, int(present.sum()), len(bias), moves=False)
 
 
 LEAKAGE_LAYERS = {"binned": BinnedLayer, "class_rows": ClassRowLayer}
@@ -640,8 +665,7 @@ class ScaleMiaServer:
         began = time.perf_counter()
         aux, shape, device = self.knowledge.auxiliary, self.knowledge.image_shape, _device(model)
         layers = adapter.layers(model, shape)
-        holdout = max(1, round(self.params.holdout_fraction * len(aux)))
-        order = torch.randperm(len(aux), generator=torch.Generator().manual_seed(self.knowledge.seed))
+        held_out, trained_on = held_out_split(len(aux), self.params.holdout_fraction, self.knowledge.seed)
         autoencoder = new_autoencoder(adapter, model, shape, self.params)
         if adapter.trains_autoencoder:
             with torch.random.fork_rng(devices=[]):
@@ -649,10 +673,10 @@ class ScaleMiaServer:
                 for module in autoencoder.modules():
                     if hasattr(module, "reset_parameters"):
                         module.reset_parameters()
-            train_autoencoder(autoencoder, aux.images[order[holdout:]], self.params, self.knowledge.seed)
+            train_autoencoder(autoencoder, aux.images[trained_on], self.params, self.knowledge.seed)
         with torch.no_grad():
             latents = autoencoder.encoder(aux.images.to(device)).flatten(1)
-            held = autoencoder.encoder(aux.images[order[:holdout]].to(device)).flatten(1)
+            held = autoencoder.encoder(aux.images[held_out].to(device)).flatten(1)
             errors = reprojection_error(autoencoder.encoder, autoencoder.decoder, held)
         threshold = float(torch.quantile(errors.double().cpu(), self.params.selection_quantile)) * self.params.selection_slack
         merge = merge_distance(latents, self.params.merge_quantile)
@@ -660,9 +684,65 @@ class ScaleMiaServer:
         return Crafting(autoencoder, crafted, threshold, merge, time.perf_counter() - began)
 
 
-# ---- the attack --------------------------------------------------------------------------------
+# ---- phase 2: the round's solve and the selection's threshold ----------------------------------
 
-NEGATIVE_SLACK = 0.05  # a solved latent may dip below 0 by this share of its largest entry (drift); mixtures go further
+
+def solve_round(
+    view: ServerView, image_shape: tuple[int, int, int], crafting: Crafting, params: ScaleMiaParams, latent_scale: float
+) -> tuple[Solved, torch.Tensor, torch.Tensor]:
+    """The round's candidates, their latents in the autoencoder's scale and their reprojection
+    errors. A latent is a ReLU's output: the negative entries that the readout's drift and the
+    encoder's leave in a lone sample's solve are set to 0 before the reprojection judges it."""
+    adapter = adapter_for(view.model)
+    layers = adapter.layers(view.model, image_shape)
+    update = view.layout.unflatten(view.aggregate)
+    weight = gradient_estimate(update[f"{layers.imprint_name}.weight"].float(), view.num_samples, view.training)
+    bias = gradient_estimate(update[f"{layers.imprint_name}.bias"].float(), view.num_samples, view.training)
+    solved = LEAKAGE_LAYERS[adapter.leakage].solve(weight.contiguous(), bias.contiguous(), view, crafting.layers, params)
+    latents = (solved.latents.to(_device(view.model)) / latent_scale).clamp(min=0)
+    encoder, decoder = crafting.autoencoder.encoder, crafting.autoencoder.decoder
+    errors = reprojection_error(encoder, decoder, latents) if len(latents) else latents.new_zeros(0)
+    return solved, latents, errors
+
+
+SHADOW_CLIENT = -1  # the simulated client's id: no real client has it
+
+
+def lone_solve_errors(
+    view: ServerView, knowledge: AttackerKnowledge, crafting: Crafting, params: ScaleMiaParams, latent_scale: float
+) -> torch.Tensor:
+    """The reprojection errors of a simulated client's lone solves. With several local steps a
+    lone sample's solve is its latent under an encoder that moved while the client trained, plus
+    what the readout's training adds, so it reprojects worse than a held-out latent. The attacker
+    measures how much worse on its own held-out images: one client of the round's median size
+    (flipped and rotated copies where the held-out images are fewer) trains on the sent model
+    with the round's known hyperparameters (without the clients' defenses), its update is solved
+    as the round's is, and the intervals that only one of its samples reached (a hook on the
+    imprint layer reads every step's intervals: the attacker knows them for its own client) are
+    its lone solves."""
+    aux = knowledge.auxiliary
+    held, _ = held_out_split(len(aux), params.holdout_fraction, knowledge.seed)
+    count = sorted(view.num_samples)[len(view.num_samples) // 2]
+    images = dihedral_copies(aux.images[held], count)
+    labels = aux.labels[held].repeat(-(-count // len(held)))[:count]
+    model = copy.deepcopy(view.model)
+    visits: list[torch.Tensor] = []
+    imprint = adapter_for(model).layers(model, knowledge.image_shape).imprint
+    imprint.register_forward_hook(lambda module, inputs, out: visits.append(((out > 0).sum(1) - 1).cpu()))  # kept by train_client's deep copy
+    loader = make_loader(images, labels, torch.arange(count), view.training.batch_size, knowledge.seed)
+    local, trace = train_client(SHADOW_CLIENT, view.round_index, model, loader, view.training, [])
+    owners: dict[int, set[int]] = {}
+    for batch, intervals in zip(trace.batches, visits):
+        for sample, interval in zip(batch.tolist(), intervals.tolist()):
+            owners.setdefault(interval, set()).add(sample)
+    lone = torch.tensor([k for k, samples in owners.items() if len(samples) == 1], dtype=torch.long)
+    update = view.layout.flatten(local) - view.layout.flatten(view.model)
+    shadow = dataclasses.replace(view, participants=(SHADOW_CLIENT,), num_samples=(count,), uploads=None, aggregate=update)
+    solved, _, errors = solve_round(shadow, knowledge.image_shape, crafting, params, latent_scale)
+    return errors[torch.isin(solved.where.cpu(), lone).to(errors.device)]
+
+
+# ---- the attack --------------------------------------------------------------------------------
 
 
 @register_attack("scale_mia", "Scale-MIA: crafted latent linear layer + autoencoder; reads batches from the aggregate")
@@ -688,25 +768,31 @@ class ScaleMia(Attack):
         """Latents are solved from the update alone; the decoder's image of the mean latent is close to the attacker's mean image, one of its nulls."""
         return None
 
+    def selection_threshold(self, view: ServerView, knowledge: AttackerKnowledge, solved: Solved) -> float:
+        """The reprojection error a kept latent may reach: the held-out auxiliary latents'
+        quantile times the slack (phase one) or, when the bins move while clients train several
+        steps, the same of a simulated client's lone solves (``lone_solve_errors``), whichever
+        is larger."""
+        crafting, params = self.server.crafting, self.params
+        if not solved.moves or max(local_steps(n, view.training) for n in view.num_samples) == 1:
+            return crafting.reprojection_threshold
+        lone = lone_solve_errors(view, knowledge, crafting, params, self.server.latent_scale)
+        lone = lone[torch.isfinite(lone)].double().cpu()
+        if not len(lone):
+            return crafting.reprojection_threshold
+        return max(crafting.reprojection_threshold, float(torch.quantile(lone, params.selection_quantile)) * params.selection_slack)
+
     def reconstruct(self, view: ServerView, knowledge: AttackerKnowledge) -> AttackOutput:
         if self.server is None or self.server.crafting is None:
             raise FlauditError("scale_mia: no crafted round to attack (prepare() and its server hook must run first)")
-        crafting = self.server.crafting
-        adapter = adapter_for(view.model)
-        layers = adapter.layers(view.model, knowledge.image_shape)
+        crafting, scale = self.server.crafting, self.server.latent_scale
         began = time.perf_counter()
-        update = view.layout.unflatten(view.aggregate)
-        weight = gradient_estimate(update[f"{layers.imprint_name}.weight"].float(), view.num_samples, view.training)
-        bias = gradient_estimate(update[f"{layers.imprint_name}.bias"].float(), view.num_samples, view.training)
-        solved = LEAKAGE_LAYERS[adapter.leakage].solve(weight.contiguous(), bias.contiguous(), view, crafting.layers, self.params)
-        device = _device(view.model)
-        latents = solved.latents.to(device) / self.server.latent_scale
-        encoder, decoder = crafting.autoencoder.encoder, crafting.autoencoder.decoder
-        nonnegative = (latents >= -NEGATIVE_SLACK * latents.abs().amax(1, keepdim=True)).all(1)
-        errors = reprojection_error(encoder, decoder, latents) if len(latents) else torch.zeros(0, device=device)
-        real = nonnegative & (errors <= crafting.reprojection_threshold)
+        solved, latents, errors = solve_round(view, knowledge.image_shape, crafting, self.params, scale)
+        threshold = self.selection_threshold(view, knowledge, solved)
+        real = errors <= threshold
         distance = crafting.merge_distance if solved.moves else 0.0
-        kept = merge_visits(latents[real], solved.shares.to(device)[real], solved.one, distance)
+        kept = merge_visits(latents[real], solved.shares.to(latents.device)[real], solved.one, distance)
+        decoder = crafting.autoencoder.decoder
         with torch.no_grad():
             images = decoder(kept).clamp(0, 1) if len(kept) else torch.zeros(0, *knowledge.image_shape)
         seconds = time.perf_counter() - began
@@ -716,6 +802,7 @@ class ScaleMia(Attack):
             "samples": float(n),
             "nonempty_bins": float(solved.nonempty),
             "selected_bins": float(len(kept)),
+            "reprojection_threshold": threshold,
             "isolation_bound": isolation_bound(n, solved.intervals),
             "oracle_recovery_upper_bound": min(solved.nonempty, n) / n,
             "reconstruction_seconds": seconds,
