@@ -8,8 +8,9 @@ the encoder into the model, set the latent linear layer's rows to one query of t
 thresholds at quantiles of the auxiliary latents (``imprint.quantile_edges``), and give the
 next layer identical columns (with a small logit spread, so the softmax stays soft) so that
 every bin receives the same upstream gradient per sample. Phase 1 reads only the auxiliary
-data and the round-0 model: it is a preparation (``toolkit.preparation``), built once for
-every defense column of a (scenario, seed).
+data and the round-0 model: its autoencoder is a preparation (``toolkit.preparation``), trained
+once for every defense column and attack row of a (scenario, seed) with the same autoencoder
+parameters; the crafting from it takes a fraction of a second.
 Phase 2 (``reconstruct``, aggregate only): update -> gradient estimate -> ``bin_solve`` per
 interval -> the latents of the intervals that hold one sample, decided from observations only:
 the interval's bias-gradient difference counts its samples (the crafted readout gives every
@@ -54,7 +55,7 @@ import copy
 import math
 import time
 import dataclasses
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -564,24 +565,23 @@ def new_autoencoder(adapter: ModelAdapter, model: nn.Module, shape: tuple[int, i
     return AutoEncoder(copy.deepcopy(layers.encoder), decoder).to(_device(model))
 
 
-def crafting_codec(
+# The parameters the autoencoder depends on: the others only shape the (cheap) crafting, so
+# attack rows that differ in them (the default audit's scale_mia_skew) share one training.
+AUTOENCODER_PARAMS = ("ae_epochs", "ae_batch_size", "ae_lr", "decoder_width", "holdout_fraction")
+
+
+def autoencoder_codec(
     adapter: ModelAdapter, model: nn.Module, shape: tuple[int, int, int], params: ScaleMiaParams
-) -> Codec[Crafting]:
-    """A ``Crafting`` as the autoencoder's state, the crafted tensors and two numbers."""
+) -> Codec[tuple[AutoEncoder, float]]:
+    """A trained autoencoder and its training seconds as its state and one number."""
 
-    def encode(crafting: Crafting) -> State:
-        layers = {f.name: getattr(crafting.layers, f.name) for f in fields(CraftedLayers)}
-        return {"autoencoder": dict(crafting.autoencoder.state_dict()), "layers": layers,
-                "threshold": crafting.reprojection_threshold, "merge": crafting.merge_distance, "seconds": crafting.seconds}
+    def encode(trained: tuple[AutoEncoder, float]) -> State:
+        return {"autoencoder": dict(trained[0].state_dict()), "seconds": trained[1]}
 
-    def decode(state: State) -> Crafting:
+    def decode(state: State) -> tuple[AutoEncoder, float]:
         autoencoder = new_autoencoder(adapter, model, shape, params)
         autoencoder.load_state_dict(state["autoencoder"])
-        device = _device(model)
-        layers = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in state["layers"].items()}
-        return Crafting(
-            autoencoder.eval(), CraftedLayers(**layers), float(state["threshold"]), float(state["merge"]), float(state["seconds"])
-        )
+        return autoencoder.eval(), float(state["seconds"])
 
     return Codec(encode, decode)
 
@@ -648,24 +648,26 @@ class ScaleMiaServer:
         return balanced_scales(drift, len(convs), self.params.encoder_drift_weight).float().to(device)
 
     def phase_one(self, adapter: ModelAdapter, model: nn.Module) -> Crafting:
-        """The prepared phase one (``build_crafting``), shared by every cell of the run with the
-        same auxiliary data, parameters and round-0 model (architecture and state)."""
+        """The prepared autoencoder (``train_phase_one_autoencoder``), shared by every cell of
+        the run with the same auxiliary data, autoencoder parameters and round-0 model
+        (architecture and state), then the crafting from it (``craft``)."""
         aux, knowledge = self.knowledge.auxiliary, self.knowledge
         key = {
-            "params": self.params, "auxiliary": tensor_digest((aux.images, aux.labels)), "seed": knowledge.seed,
-            "num_classes": knowledge.num_classes, "image_shape": knowledge.image_shape,
-            "model": model_digest(model), "device": str(_device(model)),
+            "params": {name: getattr(self.params, name) for name in AUTOENCODER_PARAMS},
+            "auxiliary": tensor_digest((aux.images, aux.labels)), "seed": knowledge.seed,
+            "image_shape": knowledge.image_shape, "model": model_digest(model), "device": str(_device(model)),
         }
-        codec = crafting_codec(adapter, model, knowledge.image_shape, self.params)
-        return knowledge.prepared.get(Preparation("scale_mia.phase_one", key, lambda: self.build_crafting(adapter, model), codec))
+        codec = autoencoder_codec(adapter, model, knowledge.image_shape, self.params)
+        build = Preparation("scale_mia.autoencoder", key, lambda: self.train_phase_one_autoencoder(adapter, model), codec)
+        autoencoder, seconds = knowledge.prepared.get(build)
+        return self.craft(adapter, model, autoencoder, seconds)
 
-    def build_crafting(self, adapter: ModelAdapter, model: nn.Module) -> Crafting:
-        """Autoencoder on the auxiliary data (a held-out part calibrates the reprojection
-        threshold), then the crafted layers from the auxiliary latents."""
+    def train_phase_one_autoencoder(self, adapter: ModelAdapter, model: nn.Module) -> tuple[AutoEncoder, float]:
+        """The autoencoder trained on the auxiliary data but its held-out part, and the seconds
+        it took."""
         began = time.perf_counter()
-        aux, shape, device = self.knowledge.auxiliary, self.knowledge.image_shape, _device(model)
-        layers = adapter.layers(model, shape)
-        held_out, trained_on = held_out_split(len(aux), self.params.holdout_fraction, self.knowledge.seed)
+        aux, shape = self.knowledge.auxiliary, self.knowledge.image_shape
+        _, trained_on = held_out_split(len(aux), self.params.holdout_fraction, self.knowledge.seed)
         autoencoder = new_autoencoder(adapter, model, shape, self.params)
         if adapter.trains_autoencoder:
             with torch.random.fork_rng(devices=[]):
@@ -674,6 +676,15 @@ class ScaleMiaServer:
                     if hasattr(module, "reset_parameters"):
                         module.reset_parameters()
             train_autoencoder(autoencoder, aux.images[trained_on], self.params, self.knowledge.seed)
+        return autoencoder.eval(), time.perf_counter() - began
+
+    def craft(self, adapter: ModelAdapter, model: nn.Module, autoencoder: AutoEncoder, seconds: float) -> Crafting:
+        """The crafted layers from the auxiliary latents, the reprojection threshold from the
+        held-out ones and the merge distance."""
+        began = time.perf_counter()
+        aux, shape, device = self.knowledge.auxiliary, self.knowledge.image_shape, _device(model)
+        layers = adapter.layers(model, shape)
+        held_out, _ = held_out_split(len(aux), self.params.holdout_fraction, self.knowledge.seed)
         with torch.no_grad():
             latents = autoencoder.encoder(aux.images.to(device)).flatten(1)
             held = autoencoder.encoder(aux.images[held_out].to(device)).flatten(1)
@@ -681,7 +692,7 @@ class ScaleMiaServer:
         threshold = float(torch.quantile(errors.double().cpu(), self.params.selection_quantile)) * self.params.selection_slack
         merge = merge_distance(latents, self.params.merge_quantile)
         crafted = LEAKAGE_LAYERS[adapter.leakage].craft(latents, layers, self.params, self.knowledge.num_classes)
-        return Crafting(autoencoder, crafted, threshold, merge, time.perf_counter() - began)
+        return Crafting(autoencoder, crafted, threshold, merge, seconds + time.perf_counter() - began)
 
 
 # ---- phase 2: the round's solve and the selection's threshold ----------------------------------
