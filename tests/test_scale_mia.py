@@ -9,6 +9,7 @@ grids saved under ``$FLAUDIT_GRID_DIR`` (default ``out/grids``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 
@@ -18,7 +19,9 @@ import torch
 from flaudit.auditor.attacks.base import AttackerKnowledge
 from flaudit.auditor.attacks.toolkit import nulls
 from flaudit.auditor.attacks.toolkit.imprint import gradient_estimate, isolated_fraction, isolation_bound, subtract_readout_drift
+from flaudit.auditor.attacks.toolkit.preparation import Preparations
 from flaudit.auditor.attacks.scale_mia import (
+    AUTOENCODER_PARAMS,
     LEAKAGE_LAYERS,
     MODEL_ADAPTERS,
     ScaleMia,
@@ -202,6 +205,32 @@ def test_multi_step_threshold_is_measured_on_a_simulated_client(cnn_round, multi
     expected = float(torch.quantile(lone.double(), params.selection_quantile)) * params.selection_slack
     assert result.output.diagnostics["reprojection_threshold"] == pytest.approx(max(expected, server.crafting.reprojection_threshold))
     assert expected > server.crafting.reprojection_threshold
+
+
+def test_autoencoder_is_shared_by_rows_that_differ_in_the_crafting_only():
+    """The prepared autoencoder's key holds ``AUTOENCODER_PARAMS`` alone: a row with another
+    crafting (``scale_mia_skew``'s spread, the selection) reuses it, one with another training
+    builds its own."""
+    world = build_world(patches(2, 8, auxiliary_samples=40))
+    saved = []
+
+    class Store:
+        def lock(self, key):
+            return contextlib.nullcontext()
+
+        def load(self, key):
+            return None
+
+        def save(self, key, state):
+            saved.append(key)
+
+    prepared = Preparations(Store())
+    quick = ScaleMiaParams(ae_epochs=1)
+    for params in (quick, dataclasses.replace(quick, logit_spread=0.05, selection_slack=2.0, merge_quantile=0.1),
+                   dataclasses.replace(quick, ae_lr=1e-3)):
+        ScaleMia(params).prepare(AttackerKnowledge.of(world, prepared)).before_round(0, world.new_model())
+    assert len(saved) == 2 and len(set(saved)) == 2
+    assert set(AUTOENCODER_PARAMS) <= {f.name for f in dataclasses.fields(ScaleMiaParams)}
 
 
 def test_dihedral_copies_extend_the_held_out_images():

@@ -16,7 +16,8 @@ interval -> the latents of the intervals that hold one sample, decided from obse
 the interval's bias-gradient difference counts its samples (the crafted readout gives every
 sample the same upstream gradient), and a kept latent (its negative entries, impossible after
 the encoder's ReLU, set to 0) must reproduce itself through decoder and encoder about as well as
-held-out auxiliary latents do -> decoder.
+held-out auxiliary latents do (with several local steps, as a simulated client's lone solves
+do: ``lone_solve_errors``) -> decoder.
 
 Exact for one local step per client (FedSGD). With several local steps the clients' training
 moves the crafted bins between steps (almost all of it through the imprint rows' own update,
@@ -110,7 +111,9 @@ class ScaleMiaParams:
         doc="relative slack on the bias-gradient difference one sample can make (softmax deviation, drift)",
     )
     selection_quantile: float = bounded(
-        0.99, min=0.5, max=1.0, doc="quantile of held-out latents' reprojection error a kept solve may reach"
+        0.99, min=0.5, max=1.0,
+        doc="quantile of held-out latents' reprojection error a kept solve may reach (with several local steps: of a "
+        "simulated client's lone solves, when larger)",
     )
     selection_slack: float = bounded(1.5, min=1.0, doc="factor on that quantile")
     encoder_drift_weight: float = bounded(
@@ -444,7 +447,7 @@ class ClassRowLayer:
         n = sum(view.num_samples)
         absent = int(bias.argmax())
         if abs(float(bias[absent]) * n - n / len(bias)) > 0.5:  # every class present: Z unknown
-            return Solved(weight[:0], torch.zeros(0, dtype=torch.long), bias[:0], CLASS_ROW_ONE, len(bias), len(bias), moves=False)
+            return Solved(weight[:0], torch.zeros(0, dtype=torch.long, device=bias.device), bias[:0], CLASS_ROW_ONE, len(bias), len(bias), moves=False)
         others = [c for c in range(len(bias)) if c != absent]
         pairs_w = torch.stack([torch.stack([weight[absent], weight[c]]) for c in others]).flatten(0, 1)
         pairs_b = torch.stack([torch.stack([bias[absent], bias[c]]) for c in others]).flatten()
@@ -680,7 +683,8 @@ class ScaleMiaServer:
 
     def craft(self, adapter: ModelAdapter, model: nn.Module, autoencoder: AutoEncoder, seconds: float) -> Crafting:
         """The crafted layers from the auxiliary latents, the reprojection threshold from the
-        held-out ones and the merge distance."""
+        held-out ones and the merge distance. It runs inside the simulation's random stream
+        and draws nothing from it (no sampling here: keep it so, or fork the RNG)."""
         began = time.perf_counter()
         aux, shape, device = self.knowledge.auxiliary, self.knowledge.image_shape, _device(model)
         layers = adapter.layers(model, shape)
@@ -733,7 +737,7 @@ def lone_solve_errors(
     its lone solves."""
     aux = knowledge.auxiliary
     held, _ = held_out_split(len(aux), params.holdout_fraction, knowledge.seed)
-    count = sorted(view.num_samples)[len(view.num_samples) // 2]
+    count = max(1, sorted(view.num_samples)[len(view.num_samples) // 2])
     images = dihedral_copies(aux.images[held], count)
     labels = aux.labels[held].repeat(-(-count // len(held)))[:count]
     model = copy.deepcopy(view.model)
