@@ -69,10 +69,10 @@ from flaudit.auditor.attacks.base import Attack, AttackerKnowledge, AttackOutput
 from flaudit.auditor.attacks.toolkit.imprint import (
     gradient_estimate,
     isolation_bound,
-    local_steps,
     principal_direction,
     quantile_edges,
     sample_weight_range,
+    several_local_steps,
     solve_bins,
     step_share_floor,
     subtract_readout_drift,
@@ -370,6 +370,12 @@ def merge_visits(latents: torch.Tensor, shares: torch.Tensor, one: tuple[float, 
     return torch.stack(kept) if kept else latents[:0]
 
 
+def interval_of(pre: torch.Tensor) -> torch.Tensor:
+    """Each sample's interval from its cumulative bins' pre-activations ``[B, K]``: the number
+    of bins it passes, minus one (the numbering of ``solve_bins``' intervals)."""
+    return (pre > 0).sum(1) - 1
+
+
 EMPTY_SHARE = 0.5  # an interval whose bias-gradient difference is below this share of one local step's holds no sample
 
 
@@ -411,7 +417,7 @@ class BinnedLayer:
         (``subtract_readout_drift``; intervals below ``EMPTY_SHARE`` of one step's share are empty)."""
         _, high = sample_weight_range(view.num_samples, view.training)
         low = step_share_floor(view.num_samples, view.training)
-        if max(local_steps(n, view.training) for n in view.num_samples) > 1:
+        if several_local_steps(view.num_samples, view.training):
             bias_steps = torch.cat([bias, bias.new_zeros(1)])
             shares = (bias_steps[:-1] - bias_steps[1:]).abs() / crafted.upstream
             widths = crafted.imprint_bias[:-1] - crafted.imprint_bias[1:]
@@ -505,7 +511,7 @@ def drift_by_group(model: nn.Module, layers: LatentLayers, images: torch.Tensor,
             return layers.imprint(layers.encoder(images).flatten(1))
 
         before = pre()
-        bins = ((before > 0).sum(1) - 1).clamp(0, before.shape[1] - 2)
+        bins = interval_of(before).clamp(0, before.shape[1] - 2)
         bias = layers.imprint.bias
         width = (bias[bins] - bias[bins + 1]).abs().clamp(min=1e-30)
         rows = torch.arange(len(images))
@@ -743,7 +749,7 @@ def lone_solve_errors(
     model = copy.deepcopy(view.model)
     visits: list[torch.Tensor] = []
     imprint = adapter_for(model).layers(model, knowledge.image_shape).imprint
-    imprint.register_forward_hook(lambda module, inputs, out: visits.append(((out > 0).sum(1) - 1).cpu()))  # kept by train_client's deep copy
+    imprint.register_forward_hook(lambda module, inputs, out: visits.append(interval_of(out).cpu()))  # kept by train_client's deep copy
     loader = make_loader(images, labels, torch.arange(count), view.training.batch_size, knowledge.seed)
     local, trace = train_client(SHADOW_CLIENT, view.round_index, model, loader, view.training, [])
     owners: dict[int, set[int]] = {}
@@ -789,7 +795,7 @@ class ScaleMia(Attack):
         steps, the same of a simulated client's lone solves (``lone_solve_errors``), whichever
         is larger."""
         crafting, params = self.server.crafting, self.params
-        if not solved.moves or max(local_steps(n, view.training) for n in view.num_samples) == 1:
+        if not solved.moves or not several_local_steps(view.num_samples, view.training):
             return crafting.reprojection_threshold
         lone = lone_solve_errors(view, knowledge, crafting, params, self.server.latent_scale)
         lone = lone[torch.isfinite(lone)].double().cpu()

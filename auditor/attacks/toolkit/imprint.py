@@ -271,6 +271,12 @@ def local_steps(num_samples: int, training: TrainingSpec) -> int:
     return training.epochs * math.ceil(num_samples / training.batch_size)
 
 
+def several_local_steps(num_samples: Sequence[int], training: TrainingSpec) -> bool:
+    """Whether some client of the round takes more than one local step: then the crafted bins
+    can move before the last of its samples is read."""
+    return max(local_steps(n, training) for n in num_samples) > 1
+
+
 def momentum_coefficients(steps: int, mu: float) -> torch.Tensor:
     """How often step t's gradient enters the update after ``steps`` SGD steps with momentum
     mu (heavy ball, torch's SGD): ``(1 - mu^(steps - t + 1)) / (1 - mu)``; 1 without momentum."""
