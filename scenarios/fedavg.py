@@ -19,7 +19,7 @@ from flaudit.core.progress import tqdm
 
 from flaudit.scenarios.client import accuracy, make_loader, train_client
 from flaudit.scenarios.datasets import ImageDataset
-from flaudit.scenarios.hooks import FLHooks
+from flaudit.scenarios.hooks import FLHooks, ObservingServer
 from flaudit.scenarios.scenario import FLWorld, derive_seed
 from flaudit.scenarios.updates import ParamLayout
 from flaudit.scenarios.views import ClientTrace, ClientUpload, PeerView, ServerView
@@ -173,6 +173,8 @@ class FedAvgSimulation:
             transcript=outcome.transcript,
             client_training=sent_training if hooks.client_config is not None else None,
         )
+        if isinstance(hooks.server_model, ObservingServer):
+            hooks.server_model.observe(view)
         test = world.test_set
         return RoundRecord(view, after, own_updates, traces, accuracy(after, test.images, test.labels), train)
 

@@ -3,7 +3,8 @@
 A round runs: ``ServerModelHook.before_round`` (a malicious server may rewrite parameters or,
 where its threat model allows, the architecture) -> per client: local training through every
 ``TrainingWrapper`` (e.g. Opacus DP-SGD) -> every ``UpdateTransform`` on the flat update
-(noise, compression) -> the ``Aggregator`` protocol (plain weighted mean, secure aggregation).
+(noise, compression) -> the ``Aggregator`` protocol (plain weighted mean, secure aggregation)
+-> ``ObservingServer.observe`` (a server that learns from the round's view before the next).
 An ``AdversarialClient`` (a client-side attack such as DMGAN) replaces one client's local
 training; its upload then passes the same transforms and aggregator as everyone's.
 """
@@ -65,6 +66,17 @@ class ServerModelHook(Protocol):
     """A server that prepares the model it sends (malicious: parameters or architecture)."""
 
     def before_round(self, round_index: int, model: nn.Module) -> nn.Module: ...
+
+
+@runtime_checkable
+class ObservingServer(Protocol):
+    """A ``ServerModelHook`` that also learns from what it observed of each round (the
+    ``ServerView``: the aggregate, the clients' sample counts), before it prepares the next: a
+    server adapting its crafting to the federation (Scale-MIA's logit spread)."""
+
+    def before_round(self, round_index: int, model: nn.Module) -> nn.Module: ...
+
+    def observe(self, view: Any) -> None: ...
 
 
 @runtime_checkable

@@ -253,7 +253,8 @@ def test_a_bad_selection_is_one_config_error(change, message):
 
 def test_label_skew_example_differs_from_the_default_audit_only_where_it_says():
     """examples/label-skew: the default audit's photos-fedavg, the same federation drawn IID, and
-    Scale-MIA at its default and a larger logit spread (four cells, three seeds each)."""
+    Scale-MIA choosing its logit spread (the default) and at each spread fixed (six cells, three
+    seeds each)."""
     from pathlib import Path
 
     from flaudit.auditor.running.catalog import registered
@@ -264,6 +265,27 @@ def test_label_skew_example_differs_from_the_default_audit_only_where_it_says():
     skewed, iid = (s.config for s in plan.config.scenarios)
     assert skewed == default
     assert iid.partition == "iid" and iid.replace(partition=skewed.partition, alpha=skewed.alpha) == skewed
-    spreads = {c.attack.label: {j.attack.params.logit_spread for j in c.jobs} for c in plan.cells}
-    assert spreads == {"scale_mia": {0.01}, "scale_mia_spread_0.05": {0.05}}
-    assert all(len(c.jobs) == 3 and not c.not_applicable for c in plan.cells) and len(plan.cells) == 4
+    spreads = {c.attack.label: {(j.attack.params.logit_spread, j.attack.params.trial_spread) for j in c.jobs} for c in plan.cells}
+    assert spreads == {"scale_mia": {(0.01, 0.05)}, "scale_mia_spread_0.01": {(0.01, 0.0)}, "scale_mia_spread_0.05": {(0.05, 0.0)}}
+    assert all(len(c.jobs) == 3 and not c.not_applicable for c in plan.cells) and len(plan.cells) == 6
+
+
+def test_scale_mia_reach_example_varies_client_size_and_step_only():
+    """examples/scale-mia-reach: one Scale-MIA cell per federation; the federations differ from
+    the 400-image one in the client size (and so the steps), the learning rate and momentum, or
+    the partition alone."""
+    from pathlib import Path
+
+    from flaudit.auditor.running.catalog import registered
+
+    root = Path(__file__).resolve().parents[1]
+    plan = build_plan(load_audit(root / "examples" / "scale-mia-reach" / "audit.toml"), registered())
+    configs = {s.label: s.config for s in plan.config.scenarios}
+    base = configs["n400"]
+    for label, config in configs.items():
+        n = (config.max_samples - config.auxiliary_samples) // config.clients
+        same = config.replace(max_samples=base.max_samples, lr=base.lr, momentum=base.momentum, partition=base.partition, alpha=base.alpha)
+        assert same == base, label
+        assert label.startswith(f"n{n}")
+    assert all(len(c.jobs) == 1 and not c.not_applicable and c.attack.label == "scale_mia" for c in plan.cells)
+    assert len(plan.cells) == len(configs) == 8

@@ -65,6 +65,9 @@ def test_red_team_recovers_the_canarys_images_above_its_null(tmp_path, module, a
         assert result.result.null is not None and metrics["null_recovery_rate"] <= 0.05
         assert metrics["recovery_rate"] >= 0.5 and metrics["leakage"] >= 0.45, metrics
         assert "failure" not in result.result.diagnostics
+    if attack == "scale_mia":  # the server scored both trial spreads on Flower's aggregates
+        assert set(app.last_strategy[0].crafter.hook.clean) == {0.01, 0.05}
+        assert [result.result.diagnostics["logit_spread"] for result in results] == [0.01, 0.05]
 
 
 def test_a_diverging_crafted_model_is_the_attacks_failure(tmp_path):

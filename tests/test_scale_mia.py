@@ -28,6 +28,7 @@ from flaudit.auditor.attacks.scale_mia import (
     ScaleMiaParams,
     ScaleMiaServer,
     adapter_for,
+    clean_solve_count,
     dihedral_copies,
     drift_by_group,
     install,
@@ -55,7 +56,7 @@ def solved_round(result: Attacked, attack: ScaleMia):
     view = result.view
     weight = gradient_estimate(update[f"{layers.imprint_name}.weight"], view.num_samples, view.training)
     bias = gradient_estimate(update[f"{layers.imprint_name}.bias"], view.num_samples, view.training)
-    solved = LEAKAGE_LAYERS["binned"].solve(weight, bias, view, attack.server.crafting.layers, attack.params)
+    solved = LEAKAGE_LAYERS["binned"].solve(weight, bias, view, attack.server.sent_for(view.model).crafting.layers, attack.params)
     with torch.no_grad():
         latents = layers.encoder(result.targets).flatten(1)
         interval = (layers.imprint(latents) > 0).sum(1) - 1
@@ -112,10 +113,11 @@ def test_balanced_encoder_keeps_the_function_and_slows_the_bins(cnn_round):
     attack, result = cnn_round
     world, hook = result.world, attack.server
     balanced = hook.before_round(0, world.new_model())
-    assert len(hook.scales) == 2 and float(hook.scales[-1]) < 1.0
+    sent = hook.sent_for(balanced)
+    assert len(sent.scales) == 2 and float(sent.scales[-1]) < 1.0
     plain = world.new_model()
     adapter = adapter_for(plain)
-    install(adapter.layers(plain, (3, 32, 32)), hook.crafting.autoencoder.encoder, hook.crafting.layers, torch.ones(0))
+    install(adapter.layers(plain, (3, 32, 32)), sent.crafting.autoencoder.encoder, sent.crafting.layers, torch.ones(0))
     images, labels = world.auxiliary.images[:8], world.auxiliary.labels[:8]
     with torch.no_grad():
         torch.testing.assert_close(balanced(images), plain(images), rtol=1e-4, atol=1e-5)
@@ -197,20 +199,20 @@ def test_multi_step_threshold_is_measured_on_a_simulated_client(cnn_round, multi
     admits that much (the data-blind test below shows it still keeps nothing from a shuffled
     update)."""
     attack, result = cnn_round
-    assert result.output.diagnostics["reprojection_threshold"] == attack.server.crafting.reprojection_threshold
+    assert result.output.diagnostics["reprojection_threshold"] == attack.server.sent_for(result.view.model).crafting.reprojection_threshold
     attack, result = multi_step_round
-    server, params = attack.server, attack.params
-    lone = lone_solve_errors(result.view, result.knowledge, server.crafting, params, server.latent_scale)
+    sent, params = attack.server.sent_for(result.view.model), attack.params
+    lone = lone_solve_errors(result.view, result.knowledge, sent.crafting, params, sent.latent_scale)
     assert len(lone) >= 32  # 32 simulated images, each in one or two intervals of 512
     expected = float(torch.quantile(lone.double(), params.selection_quantile)) * params.selection_slack
-    assert result.output.diagnostics["reprojection_threshold"] == pytest.approx(max(expected, server.crafting.reprojection_threshold))
-    assert expected > server.crafting.reprojection_threshold
+    assert result.output.diagnostics["reprojection_threshold"] == pytest.approx(max(expected, sent.crafting.reprojection_threshold))
+    assert expected > sent.crafting.reprojection_threshold
 
 
 def test_autoencoder_is_shared_by_rows_that_differ_in_the_crafting_only():
     """The prepared autoencoder's key holds ``AUTOENCODER_PARAMS`` alone: a row with another
-    crafting (``scale_mia_skew``'s spread, the selection) reuses it, one with another training
-    builds its own."""
+    crafting (another logit spread, the selection) reuses it, one with another training builds
+    its own."""
     world = build_world(patches(2, 8, auxiliary_samples=40))
     saved = []
 
@@ -231,6 +233,41 @@ def test_autoencoder_is_shared_by_rows_that_differ_in_the_crafting_only():
         ScaleMia(params).prepare(AttackerKnowledge.of(world, prepared)).before_round(0, world.new_model())
     assert len(saved) == 2 and len(set(saved)) == 2
     assert set(AUTOENCODER_PARAMS) <= {f.name for f in dataclasses.fields(ScaleMiaParams)}
+
+
+def test_server_sends_the_spread_whose_trial_kept_more():
+    """Rounds 0 and 1 are crafted at ``logit_spread`` and ``trial_spread``; the server scores
+    each by its aggregate's clean solves (observations only) and sends the better one from
+    round 2 on; every round is read with the crafting it was sent with, whichever the server
+    sends later."""
+    world = build_world(patches(2, 16, rounds=3, local_epochs=2, batch_size=8))
+    knowledge = AttackerKnowledge.of(world)
+    attack = ScaleMia(FAST_AE)
+    server = attack.prepare(knowledge)
+    records = []
+    FedAvgSimulation(world, FLHooks(server_model=server)).run([records.append], progress=False)
+    assert set(server.clean) == {0.01, 0.05}
+    best = max(server.spreads, key=lambda spread: server.clean[spread])
+    views = [record.server_view for record in records]
+    assert [attack.reconstruct(view, knowledge).diagnostics["logit_spread"] for view in views] == [0.01, 0.05, best]
+    first = views[0]
+    assert server.clean[0.01] == clean_solve_count(first, knowledge, server.sent_for(first.model), attack.params) > 0
+
+
+def test_spread_choice_follows_the_observations():
+    """Ties and rounds nobody observed keep ``logit_spread``; ``trial_spread = 0`` tries nothing."""
+    world = build_world(patches(2, 8, auxiliary_samples=40))
+    knowledge = AttackerKnowledge.of(world)
+    server = ScaleMiaServer(ScaleMiaParams(), knowledge)
+    assert server.spreads == (0.01, 0.05) and [server.spread_for(r) for r in range(3)] == [0.01, 0.05, 0.01]
+    server.clean = {0.01: 3, 0.05: 7}
+    assert server.spread_for(2) == server.spread_for(9) == 0.05
+    server.clean = {0.01: 4, 0.05: 4}
+    assert server.spread_for(2) == 0.01
+    single = ScaleMiaServer(ScaleMiaParams(trial_spread=0.0), knowledge)
+    assert single.spreads == (0.01,) and single.spread_for(1) == 0.01
+    with pytest.raises(FlauditError, match="not one this server crafted"):
+        server.sent_for(world.new_model())
 
 
 def test_dihedral_copies_extend_the_held_out_images():
@@ -297,7 +334,7 @@ def test_resnet18_recovers_samples_alone_in_their_class():
     update = view.layout.unflatten(view.aggregate)
     weight = gradient_estimate(update["fc.weight"], view.num_samples, view.training)
     bias = gradient_estimate(update["fc.bias"], view.num_samples, view.training)
-    solved = LEAKAGE_LAYERS["class_rows"].solve(weight, bias, view, attack.server.crafting.layers, attack.params)
+    solved = LEAKAGE_LAYERS["class_rows"].solve(weight, bias, view, attack.server.sent_for(view.model).crafting.layers, attack.params)
     assert int(solved.one_sample.sum()) == int(lone.sum())
     for latent in latents[lone]:
         assert (solved.latents[solved.one_sample] - latent).norm(dim=1).min() / latent.norm() < 1e-3
@@ -369,7 +406,7 @@ def test_must_show_four_clients_of_32(trained):
     rate, psnr = sum(rates) / 4, sum(psnrs) / 4
     print(f"\nScale-MIA 4x32 cnn: rate@18dB per draw {[round(r, 3) for r in rates]} mean={rate:.3f} "
           f"(bound {bound:.3f}, 0.95 x bound {0.95 * bound:.3f}), recovered PSNR mean={psnr:.2f} dB, "
-          f"phase 1 {trained[2].crafting.seconds:.0f} s, grid={path}")
+          f"phase 1 {trained[2].autoencoder[1]:.0f} s, grid={path}")
     assert rate >= 0.95 * bound and psnr >= 27.0
 
 

@@ -41,8 +41,21 @@ The trade depends on the clients' labels: a later sample adds its latent to the 
 contamination through the softmax's coupling of the two samples' classes, which cancels on
 average across classes and not within one, so clients holding few classes need a larger
 ``logit_spread`` than IID ones (the bins' movement grows with ``logit_spread / bin_slope**2``
-and the contamination with its inverse). The default is the IID optimum;
-``examples/label-skew`` measures both on one federation.
+and the contamination with its inverse). The attacker knows the training but not the labels, so
+the server tries both (``ScaleMiaServer``: round 0 at the IID optimum ``logit_spread``, round 1
+at ``trial_spread``) and sends whichever gave more clean solves (``clean_solve_count``);
+``examples/label-skew`` measures the choice against each spread fixed.
+
+The same trade bounds the attack's reach in local steps: per step and per sample the bins move
+by about ``lr / (1 - momentum) * upstream / batch`` against a bin's width, and the readout's
+columns drift by about ``lr / (1 - momentum) * activation`` against the upstream; the two
+ratios' product grows with ``(lr / (1 - momentum))**2 * K / batch`` whatever the crafting's
+scales. Where it is large and clients hold hundreds of images the bins cross (a sample's active
+rows stop being a prefix, so its latent enters the differences of intervals it never visited)
+and the attack recovers no more than its null: 2 IID clients of 400 photo_patches, one epoch of
+B=16 (25 steps), SGD lr 0.05 with momentum 0.9 leaves 38 identifiable of 800 (null 41); at lr
+0.01 with momentum 0.9, 171 (null 48, isolation bound 168); with 100 images per client at lr
+0.05, 102 of 200 (null 15). ``examples/scale-mia-reach`` has the whole table and its command.
 
 Supported models (``MODEL_ADAPTERS``): ``cnn`` (encoder conv-conv, imprint = the 512-unit
 layer), ``mlp`` (the hidden layer reads the pixels: identity encoder, exact pixels),
@@ -99,8 +112,14 @@ class ScaleMiaParams:
     )
     logit_spread: float = bounded(
         0.01, min=0.0, exclusive_min=True,
-        doc="largest change the bins make to a logit on auxiliary data (keeps the softmax soft); clients that hold few "
-        "classes are read better at a larger one (0.05: examples/label-skew)",
+        doc="largest change the bins make to a logit on auxiliary data (keeps the softmax soft); the crafting of round 0 "
+        "and, without a trial spread, of every round",
+    )
+    trial_spread: float = bounded(
+        0.05, min=0.0,
+        doc="the logit spread round 1 is crafted with; from round 2 on the server sends whichever of the two gave "
+        "more clean solves (clients that hold few classes are read better at a larger one: examples/label-skew); "
+        "0: no trial",
     )
     bin_slope: float = bounded(
         0.005, min=0.0, exclusive_min=True,
@@ -575,7 +594,7 @@ def new_autoencoder(adapter: ModelAdapter, model: nn.Module, shape: tuple[int, i
 
 
 # The parameters the autoencoder depends on: the others only shape the (cheap) crafting, so
-# attack rows that differ in them (the default audit's scale_mia_skew) share one training.
+# attack rows (and logit spreads) that differ in them share one training.
 AUTOENCODER_PARAMS = ("ae_epochs", "ae_batch_size", "ae_lr", "decoder_width", "holdout_fraction")
 
 
@@ -614,52 +633,105 @@ def install(layers: LatentLayers, encoder: nn.Module, crafted: CraftedLayers, sc
         layers.readout.bias.copy_(crafted.readout_bias)
 
 
+@dataclass
+class Sent:
+    """A crafting as the server sent it: phase one's layers at one logit spread and the
+    encoder's output scales it was installed with."""
+
+    crafting: Crafting
+    scales: torch.Tensor
+    spread: float
+
+    @property
+    def latent_scale(self) -> float:
+        return latent_scale(self.scales)
+
+
 class ScaleMiaServer:
-    """The malicious server's ServerModelHook: same architecture, crafted parameters. Phase 1
-    runs at the first round, when the architecture is known."""
+    """The malicious server's ServerModelHook (and ``ObservingServer``): same architecture,
+    crafted parameters. Phase 1 runs at the first round, when the architecture is known.
+
+    The server tries its logit spreads in turn (``spreads``: round 0 at ``logit_spread``,
+    round 1 at ``trial_spread``), scores each trial round by its aggregate's clean solves
+    (``observe``, ``clean_solve_count``: observations only), and sends the better spread from
+    then on. Every crafting it sent is kept by the sent model's fingerprint, so an attacked
+    round is read with the crafting it was sent with (``sent_for``)."""
 
     def __init__(self, params: ScaleMiaParams, knowledge: AttackerKnowledge) -> None:
         self.params = params
         self.knowledge = knowledge
-        self.crafting: Crafting | None = None
-        self.scales: torch.Tensor | None = None  # the encoder's output scales (``balanced_scales``)
+        self.autoencoder: tuple[AutoEncoder, float] | None = None  # phase one's, and its training seconds
+        self.by_spread: dict[float, Sent] = {}
+        self.sent: dict[str, Sent] = {}  # by the sent model's fingerprint (``model_digest``)
+        self.clean: dict[float, int] = {}  # clean solves of each spread's trial round
 
     @property
-    def latent_scale(self) -> float:
-        return latent_scale(self.scales) if self.scales is not None else 1.0
+    def spreads(self) -> tuple[float, ...]:
+        """The logit spreads tried, one per round from round 0."""
+        first, trial = self.params.logit_spread, self.params.trial_spread
+        return (first, trial) if trial > 0 and trial != first else (first,)
+
+    def spread_for(self, round_index: int) -> float:
+        """A trial round's spread, or the one whose trial gave the most clean solves (ties, and
+        no observation: the first)."""
+        spreads = self.spreads
+        if round_index < len(spreads):
+            return spreads[round_index]
+        return max(spreads, key=lambda spread: self.clean.get(spread, -1))
 
     def before_round(self, round_index: int, model: nn.Module) -> nn.Module:
         adapter = adapter_for(model)
-        if self.crafting is None:
-            self.crafting = self.phase_one(adapter, model)
-        if self.scales is None:
-            self.scales = self.balance_encoder(adapter, model)
-        install(adapter.layers(model, self.knowledge.image_shape), self.crafting.autoencoder.encoder, self.crafting.layers, self.scales)
+        sent = self.crafted_at(self.spread_for(round_index), adapter, model)
+        install(adapter.layers(model, self.knowledge.image_shape), sent.crafting.autoencoder.encoder, sent.crafting.layers, sent.scales)
+        self.sent[model_digest(model)] = sent
         return model
 
-    def balance_encoder(self, adapter: ModelAdapter, model: nn.Module) -> torch.Tensor:
+    def observe(self, view: ServerView) -> None:
+        """Scores a trial round's spread by its aggregate's clean solves."""
+        sent = self.sent.get(model_digest(view.model))
+        if sent is None or len(self.spreads) == 1 or view.round_index >= len(self.spreads):
+            return
+        self.clean[sent.spread] = clean_solve_count(view, self.knowledge, sent, self.params)
+
+    def sent_for(self, model: nn.Module) -> Sent:
+        """The crafting ``model`` was sent with."""
+        sent = self.sent.get(model_digest(model))
+        if sent is None:
+            raise FlauditError("scale_mia: the attacked round's model is not one this server crafted (prepare() and its server hook must run first)")
+        return sent
+
+    def crafted_at(self, spread: float, adapter: ModelAdapter, model: nn.Module) -> Sent:
+        """The crafting at ``spread`` and its encoder scales, built once."""
+        if spread not in self.by_spread:
+            if self.autoencoder is None:
+                self.autoencoder = self.phase_one_autoencoder(adapter, model)
+            crafting = self.craft(adapter, model, *self.autoencoder, dataclasses.replace(self.params, logit_spread=spread))
+            self.by_spread[spread] = Sent(crafting, self.balance_encoder(adapter, model, crafting), spread)
+        return self.by_spread[spread]
+
+    def balance_encoder(self, adapter: ModelAdapter, model: nn.Module, crafting: Crafting) -> torch.Tensor:
         """The encoder's output scales: the ReLU chain's scale invariance moves the crafted
         model's sensitivity to local training between the encoder's layers and the imprint rows
         without changing its function; the scales that minimise one simulated local step's drift
         of the bins (auxiliary images, the round's known learning rate and batch size) keep the
         bins still longest while clients train several steps. None to balance (no convolution
         chain, or no readout to train the bins through): no scaling."""
-        crafted, device = self.crafting.layers, _device(model)
+        crafted, device = crafting.layers, _device(model)
         probe = copy.deepcopy(model)
         layers = adapter.layers(probe, self.knowledge.image_shape)
         convs = chain_convs(layers.encoder)
         if not convs or crafted.readout_weight is None:
             return torch.ones(0, device=device)
-        install(layers, self.crafting.autoencoder.encoder, crafted, torch.ones(0))
+        install(layers, crafting.autoencoder.encoder, crafted, torch.ones(0))
         aux, training = self.knowledge.auxiliary, self.knowledge.training
         pick = torch.randperm(len(aux), generator=torch.Generator().manual_seed(self.knowledge.seed))[: training.batch_size]
         drift = drift_by_group(probe, layers, aux.images[pick].to(device), aux.labels[pick].to(device), training.lr)
         return balanced_scales(drift, len(convs), self.params.encoder_drift_weight).float().to(device)
 
-    def phase_one(self, adapter: ModelAdapter, model: nn.Module) -> Crafting:
+    def phase_one_autoencoder(self, adapter: ModelAdapter, model: nn.Module) -> tuple[AutoEncoder, float]:
         """The prepared autoencoder (``train_phase_one_autoencoder``), shared by every cell of
         the run with the same auxiliary data, autoencoder parameters and round-0 model
-        (architecture and state), then the crafting from it (``craft``)."""
+        (architecture and state); the crafting from it (``craft``) is the row's own."""
         aux, knowledge = self.knowledge.auxiliary, self.knowledge
         key = {
             "params": {name: getattr(self.params, name) for name in AUTOENCODER_PARAMS},
@@ -668,8 +740,7 @@ class ScaleMiaServer:
         }
         codec = autoencoder_codec(adapter, model, knowledge.image_shape, self.params)
         build = Preparation("scale_mia.autoencoder", key, lambda: self.train_phase_one_autoencoder(adapter, model), codec)
-        autoencoder, seconds = knowledge.prepared.get(build)
-        return self.craft(adapter, model, autoencoder, seconds)
+        return knowledge.prepared.get(build)
 
     def train_phase_one_autoencoder(self, adapter: ModelAdapter, model: nn.Module) -> tuple[AutoEncoder, float]:
         """The autoencoder trained on the auxiliary data but its held-out part, and the seconds
@@ -687,21 +758,22 @@ class ScaleMiaServer:
             train_autoencoder(autoencoder, aux.images[trained_on], self.params, self.knowledge.seed)
         return autoencoder.eval(), time.perf_counter() - began
 
-    def craft(self, adapter: ModelAdapter, model: nn.Module, autoencoder: AutoEncoder, seconds: float) -> Crafting:
-        """The crafted layers from the auxiliary latents, the reprojection threshold from the
-        held-out ones and the merge distance. It runs inside the simulation's random stream
-        and draws nothing from it (no sampling here: keep it so, or fork the RNG)."""
+    def craft(self, adapter: ModelAdapter, model: nn.Module, autoencoder: AutoEncoder, seconds: float, params: ScaleMiaParams) -> Crafting:
+        """The crafted layers (at ``params``' logit spread) from the auxiliary latents, the
+        reprojection threshold from the held-out ones and the merge distance. It runs inside the
+        simulation's random stream and draws nothing from it (no sampling here: keep it so, or
+        fork the RNG)."""
         began = time.perf_counter()
         aux, shape, device = self.knowledge.auxiliary, self.knowledge.image_shape, _device(model)
         layers = adapter.layers(model, shape)
-        held_out, _ = held_out_split(len(aux), self.params.holdout_fraction, self.knowledge.seed)
+        held_out, _ = held_out_split(len(aux), params.holdout_fraction, self.knowledge.seed)
         with torch.no_grad():
             latents = autoencoder.encoder(aux.images.to(device)).flatten(1)
             held = autoencoder.encoder(aux.images[held_out].to(device)).flatten(1)
             errors = reprojection_error(autoencoder.encoder, autoencoder.decoder, held)
-        threshold = float(torch.quantile(errors.double().cpu(), self.params.selection_quantile)) * self.params.selection_slack
-        merge = merge_distance(latents, self.params.merge_quantile)
-        crafted = LEAKAGE_LAYERS[adapter.leakage].craft(latents, layers, self.params, self.knowledge.num_classes)
+        threshold = float(torch.quantile(errors.double().cpu(), params.selection_quantile)) * params.selection_slack
+        merge = merge_distance(latents, params.merge_quantile)
+        crafted = LEAKAGE_LAYERS[adapter.leakage].craft(latents, layers, params, self.knowledge.num_classes)
         return Crafting(autoencoder, crafted, threshold, merge, seconds + time.perf_counter() - began)
 
 
@@ -763,6 +835,51 @@ def lone_solve_errors(
     return errors[torch.isin(solved.where.cpu(), lone).to(errors.device)]
 
 
+def selection_threshold(view: ServerView, knowledge: AttackerKnowledge, sent: Sent, params: ScaleMiaParams, solved: Solved) -> float:
+    """The reprojection error a kept latent may reach: the held-out auxiliary latents' quantile
+    times the slack (phase one) or, when the bins move while clients train several steps, the
+    same of a simulated client's lone solves (``lone_solve_errors``), whichever is larger."""
+    crafting = sent.crafting
+    if not solved.moves or not several_local_steps(view.num_samples, view.training):
+        return crafting.reprojection_threshold
+    lone = lone_solve_errors(view, knowledge, crafting, params, sent.latent_scale)
+    lone = lone[torch.isfinite(lone)].double().cpu()
+    if not len(lone):
+        return crafting.reprojection_threshold
+    return max(crafting.reprojection_threshold, float(torch.quantile(lone, params.selection_quantile)) * params.selection_slack)
+
+
+def clean_solve_count(view: ServerView, knowledge: AttackerKnowledge, sent: Sent, params: ScaleMiaParams) -> int:
+    """The round's solves that hold one sample's share and reproject as well as held-out
+    auxiliary latents (phase one's threshold, the same at every spread: the autoencoder is
+    shared), a score that compares two craftings' rounds. The selection's own count does not:
+    the simulated client's threshold is looser where the bins move more (about 3x at a spread of
+    0.05 than at 0.01 on examples/label-skew's federations), so it admits more at a larger spread
+    whatever the clients hold."""
+    solved, _, errors = solve_round(view, knowledge.image_shape, sent.crafting, params, sent.latent_scale)
+    clean = (errors <= sent.crafting.reprojection_threshold) & solved.one_sample.to(errors.device)
+    return int(clean.sum())
+
+
+@dataclass
+class Selection:
+    """What the selection kept of a round: one latent per sample, in the autoencoder's scale."""
+
+    solved: Solved
+    kept: torch.Tensor  # [S, D]
+    threshold: float
+
+
+def select(view: ServerView, knowledge: AttackerKnowledge, sent: Sent, params: ScaleMiaParams) -> Selection:
+    """The round's solve, the candidates that reproject like real latents, their visits merged."""
+    solved, latents, errors = solve_round(view, knowledge.image_shape, sent.crafting, params, sent.latent_scale)
+    threshold = selection_threshold(view, knowledge, sent, params, solved)
+    real = errors <= threshold
+    distance = sent.crafting.merge_distance if solved.moves else 0.0
+    kept = merge_visits(latents[real], solved.shares.to(latents.device)[real], solved.one, distance)
+    return Selection(solved, kept, threshold)
+
+
 # ---- the attack --------------------------------------------------------------------------------
 
 
@@ -789,30 +906,14 @@ class ScaleMia(Attack):
         """Latents are solved from the update alone; the decoder's image of the mean latent is close to the attacker's mean image, one of its nulls."""
         return None
 
-    def selection_threshold(self, view: ServerView, knowledge: AttackerKnowledge, solved: Solved) -> float:
-        """The reprojection error a kept latent may reach: the held-out auxiliary latents'
-        quantile times the slack (phase one) or, when the bins move while clients train several
-        steps, the same of a simulated client's lone solves (``lone_solve_errors``), whichever
-        is larger."""
-        crafting, params = self.server.crafting, self.params
-        if not solved.moves or not several_local_steps(view.num_samples, view.training):
-            return crafting.reprojection_threshold
-        lone = lone_solve_errors(view, knowledge, crafting, params, self.server.latent_scale)
-        lone = lone[torch.isfinite(lone)].double().cpu()
-        if not len(lone):
-            return crafting.reprojection_threshold
-        return max(crafting.reprojection_threshold, float(torch.quantile(lone, params.selection_quantile)) * params.selection_slack)
-
     def reconstruct(self, view: ServerView, knowledge: AttackerKnowledge) -> AttackOutput:
-        if self.server is None or self.server.crafting is None:
+        if self.server is None:
             raise FlauditError("scale_mia: no crafted round to attack (prepare() and its server hook must run first)")
-        crafting, scale = self.server.crafting, self.server.latent_scale
+        sent = self.server.sent_for(view.model)
+        crafting = sent.crafting
         began = time.perf_counter()
-        solved, latents, errors = solve_round(view, knowledge.image_shape, crafting, self.params, scale)
-        threshold = self.selection_threshold(view, knowledge, solved)
-        real = errors <= threshold
-        distance = crafting.merge_distance if solved.moves else 0.0
-        kept = merge_visits(latents[real], solved.shares.to(latents.device)[real], solved.one, distance)
+        selection = select(view, knowledge, sent, self.params)
+        solved, kept = selection.solved, selection.kept
         decoder = crafting.autoencoder.decoder
         with torch.no_grad():
             images = decoder(kept).clamp(0, 1) if len(kept) else torch.zeros(0, *knowledge.image_shape)
@@ -823,7 +924,8 @@ class ScaleMia(Attack):
             "samples": float(n),
             "nonempty_bins": float(solved.nonempty),
             "selected_bins": float(len(kept)),
-            "reprojection_threshold": threshold,
+            "reprojection_threshold": selection.threshold,
+            "logit_spread": sent.spread,
             "isolation_bound": isolation_bound(n, solved.intervals),
             "oracle_recovery_upper_bound": min(solved.nonempty, n) / n,
             "reconstruction_seconds": seconds,

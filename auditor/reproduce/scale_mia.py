@@ -146,7 +146,7 @@ class Bench:
         seed_everything(derive_seed(SEED, SEED_STREAM, SIMULATION_STEP))
         FedAvgSimulation(world, hooks).run([records.append], progress=False)
         record = records[-1]
-        self.autoencoder_seconds[f"{federation.dataset}, {federation.auxiliary} auxiliary"] = server.crafting.seconds
+        self.autoencoder_seconds[f"{federation.dataset}, {federation.auxiliary} auxiliary"] = server.autoencoder[1]
         seed_everything(derive_seed(SEED, SEED_STREAM, ATTACK_STEP))
         began = time.perf_counter()
         output = attack.reconstruct(record.server_view, knowledge)

@@ -8,7 +8,8 @@ runs the attack's ``before_round`` (Scale-MIA rewrites parameters; RTF puts its 
 front, a new architecture, which the clients can only train if their code accepts the one the
 server sends: ``ARCHITECTURE``); ``observe`` turns Flower's aggregate into the ``ServerView``
 the attack reads (the crafted model, the mean update, the unmasked sample counts, the training
-config the server sent) or into the attack's failure: a crafted model whose training diverged
+config the server sent; a server that adapts its crafting, ``ObservingServer``, sees it too) or
+into the attack's failure: a crafted model whose training diverged
 (non-finite aggregate: clients would notice) or that no client trained.
 """
 
@@ -26,8 +27,9 @@ from flaudit.auditor.running.jobs import DIVERGED
 from flaudit.core.errors import InvalidUpdateError
 from flaudit.integrations.flower.recording import Arrays
 from flaudit.integrations.flower.replay import load_arrays
+from flaudit.scenarios.hooks import ObservingServer
 from flaudit.scenarios.updates import ParamLayout
-from flaudit.scenarios.views import TrainingSpec
+from flaudit.scenarios.views import ServerView, TrainingSpec
 
 ARCHITECTURE = "architecture"  # the config key (message API: a ConfigRecord) carrying a new architecture
 MODULE_KEY = "torch-module"  # in that record: the pickled module (torch.save)
@@ -111,5 +113,7 @@ class ModelCrafter:
                 observed.failure, observed.details = DIVERGED, {"diverged_in_round": server_round - 1, "invalid_update": str(exc)}
         if observed.failure is not None:
             self.model = previous  # the strategy hands Flower the round's global arrays again
+        elif isinstance(self.hook, ObservingServer):  # a server that adapts its crafting to what it saw
+            self.hook.observe(ServerView(server_round - 1, sent, ParamLayout.of(sent), training, node_ids, num_samples, None, observed.aggregate))
         self.rounds[server_round] = observed
         return observed
