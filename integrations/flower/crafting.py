@@ -100,11 +100,11 @@ class ModelCrafter:
         observation, or the attack's failure."""
         sent, previous = self.pending.pop(server_round), self.previous.pop(server_round)
         observed = CraftedRound(server_round, sent, node_ids, num_samples, training, None)
+        layout = ParamLayout.of(sent)
         if aggregate is None:
             observed.failure = NOBODY_TRAINED
         else:
             after = copy.deepcopy(sent)
-            layout = ParamLayout.of(sent)
             try:
                 load_arrays(after, aggregate, f"round {server_round}'s aggregate")
                 observed.aggregate = layout.check(layout.flatten(after) - layout.flatten(sent), "Flower's aggregate")
@@ -114,6 +114,6 @@ class ModelCrafter:
         if observed.failure is not None:
             self.model = previous  # the strategy hands Flower the round's global arrays again
         elif isinstance(self.hook, ObservingServer):  # a server that adapts its crafting to what it saw
-            self.hook.observe(ServerView(server_round - 1, sent, ParamLayout.of(sent), training, node_ids, num_samples, None, observed.aggregate))
+            self.hook.observe(ServerView(server_round - 1, sent, layout, training, node_ids, num_samples, None, observed.aggregate))
         self.rounds[server_round] = observed
         return observed
