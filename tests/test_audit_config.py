@@ -177,8 +177,7 @@ def test_embedded_default_audit():
     full = load_audit(None, "full")
     assert [s.label for s in full.scenarios] == DEFAULT_SCENARIOS and all(len(s.seeds) == 3 for s in full.scenarios)
     document = tomllib.loads(default_audit_text())
-    skew = {"name": "scale_mia", "label": "scale_mia_skew", "logit_spread": 0.05}  # Scale-MIA for label-skewed clients
-    assert document["attack"] == [skew, {"name": "*"}] and document["defense"] == [{"name": "*"}]
+    assert document["attack"] == [{"name": "*"}] and document["defense"] == [{"name": "*"}]
     assert quick.overlay.attack == {"ig": {"iterations": 300}} and full.overlay.attack == {}  # full: the papers' budgets
 
 
@@ -190,11 +189,9 @@ def test_default_audit_plans_every_registered_component():
     catalog = registered()
     plan = build_plan(load_audit(None), catalog)  # preflight: builds each world, composes each column
     assert [d.label for d in plan.defenses] == ["none", *catalog.defenses.names()]
-    assert [a.label for a in plan.attacks] == ["scale_mia_skew", *catalog.attacks.names()]  # Scale-MIA for non-IID clients
+    assert [a.label for a in plan.attacks] == list(catalog.attacks.names())
     applicable = [c for c in plan.cells if not c.not_applicable]
-    assert {c.attack.label for c in applicable} == {"scale_mia_skew", *catalog.attacks.names()}
-    skew = {c.scenario.label for c in applicable if c.attack.label == "scale_mia_skew"}
-    assert skew == {"digits-fedavg", "photos-fedavg"}  # the realistic (several local steps, label-skewed) federations
+    assert {c.attack.label for c in applicable} == set(catalog.attacks.names())
     assert {c.defense.label for c in applicable if c.scenario.label == "digits-fedsgd"} == {d.label for d in plan.defenses}
     worst, realistic = (s.config for s in plan.config.scenarios[:2])
     assert worst.local_epochs == 1 and worst.batch_size * worst.clients + worst.auxiliary_samples == worst.max_samples
