@@ -284,5 +284,5 @@ def test_scale_mia_reach_example_varies_client_size_and_step_only():
         same = config.replace(max_samples=base.max_samples, lr=base.lr, momentum=base.momentum, partition=base.partition, alpha=base.alpha)
         assert same == base, label
         assert label.startswith(f"n{n}")
-    assert all(len(c.jobs) == 1 and not c.not_applicable and c.attack.label == "scale_mia" for c in plan.cells)
+    assert all(len(c.jobs) == 3 and not c.not_applicable and c.attack.label == "scale_mia" for c in plan.cells)  # seeds 0, 1, 2
     assert len(plan.cells) == len(configs) == 8

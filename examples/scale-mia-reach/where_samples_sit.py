@@ -1,0 +1,155 @@
+"""Where each client's samples sit in Scale-MIA's bins while the client trains: the README's why.
+
+    .venv/bin/python examples/scale-mia-reach/where_samples_sit.py --scenario n400 --seed 0     # ~20 s on 2 cores
+
+Runs the attacked round of a federation of ``audit.toml`` (one round, Scale-MIA's crafted
+model) with a forward hook on every client's imprint layer that records, at each local step,
+which of the K cumulative bins each sample activated and the latent it read. Scale-MIA solves
+the round's aggregate, so an interval is *lone* when exactly one sample of the round reached it
+(at any step, any client): the attack can read that sample there. Prints:
+
+- visits, and those that *crossed* rows: active bins that are not a prefix of them (the bins
+  moved past each other while clients trained), so that latent enters the bias-gradient
+  differences of every interval where its pattern changes, not only its own;
+- the lone intervals, and how many of them no crossed visit touched;
+- how far the attack's solve of a lone interval is from the latent its sample had when it was
+  there (median relative error: what the readout's and the other rows' training added), and how
+  far that latent is from the sent model's (the encoder's drift);
+- the isolation bound: the samples a perfect binning of the sent model leaves alone.
+
+A diagnostic that reads the clients' data (ground truth), never an attack. ``--frozen`` keeps
+the encoder and the readout fixed while clients train, to show which part moves the bins.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from flaudit.auditor.attacks.base import AttackerKnowledge
+from flaudit.auditor.attacks.scale_mia import ScaleMia, ScaleMiaParams, adapter_for, interval_of, solve_round
+from flaudit.auditor.attacks.toolkit.imprint import isolation_bound
+from flaudit.auditor.attacks.toolkit.preparation import Preparations
+from flaudit.auditor.running.config import load_scenario
+from flaudit.auditor.running.jobs import SEED_STREAM, SIMULATION_STEP, seed_everything
+from flaudit.defenses.base import compose
+from flaudit.scenarios.fedavg import FedAvgSimulation
+from flaudit.scenarios.scenario import build_world, derive_seed
+
+CONFIG = Path(__file__).with_name("audit.toml")
+
+
+@dataclass
+class Step:
+    active: torch.Tensor  # [B, K]: the bins each sample of the batch activated
+    latents: torch.Tensor  # [B, D]: what the imprint layer read
+
+
+@dataclass
+class StepRecorder:
+    """A TrainingWrapper that records every client's local steps at the imprint layer."""
+
+    image_shape: tuple[int, int, int]
+    frozen: bool
+    steps: dict[int, list[Step]] = field(default_factory=dict)
+
+    def wrap(self, client_id: int, round_index: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+             loader: DataLoader) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader]:
+        layers = adapter_for(model).layers(model, self.image_shape)
+        steps = self.steps.setdefault(client_id, [])
+        layers.imprint.register_forward_hook(
+            lambda module, inputs, out: steps.append(Step((out > 0).cpu(), inputs[0].detach().cpu())))
+        if self.frozen:
+            for module in (layers.encoder, layers.readout):
+                for parameter in module.parameters() if module is not None else ():
+                    parameter.requires_grad_(False)
+        return model, optimizer, loader
+
+    def unwrap(self, client_id: int, model: nn.Module) -> nn.Module:
+        return model
+
+
+def crossed(active: torch.Tensor) -> torch.Tensor:
+    """Per visit ``[B, K]``: whether its active bins are not a prefix (bins 0 .. n-1 on, the rest off)."""
+    prefix = torch.arange(active.shape[1])[None, :] < active.sum(1, keepdim=True)
+    return (active != prefix).any(1)
+
+
+@dataclass
+class Census:
+    """The round's visits as the aggregate holds them."""
+
+    visits: int = 0
+    crossed: int = 0
+    owners: dict[int, set[int]] = field(default_factory=dict)  # interval -> the samples that reached it
+    latent: dict[int, torch.Tensor] = field(default_factory=dict)  # interval -> the latent of its last visit
+    touched: set[int] = field(default_factory=set)  # intervals a crossed visit's pattern changes at
+
+    def add(self, step: Step, batch: torch.Tensor) -> None:
+        cross = crossed(step.active)
+        self.visits += len(batch)
+        self.crossed += int(cross.sum())
+        for sample, interval, latent in zip(batch.tolist(), interval_of(step.active.float()).tolist(), step.latents):
+            self.owners.setdefault(interval, set()).add(sample)
+            self.latent[interval] = latent
+        for pattern in step.active[cross]:
+            self.touched.update((pattern[:-1] != pattern[1:]).nonzero().flatten().tolist())  # interval k: bins k, k+1
+
+    @property
+    def lone(self) -> list[int]:
+        return sorted(k for k, samples in self.owners.items() if len(samples) == 1)
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Each row's distance from ``b``'s, relative to ``b``'s norm (nan for no rows)."""
+    return (a - b).norm(dim=1) / b.norm(dim=1).clamp(min=1e-12)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenario", default="n400", help="a [[scenario]] label of audit.toml")
+    parser.add_argument("--seed", type=int, default=0, help="one of the scenario's seeds")
+    parser.add_argument("--config", type=Path, default=CONFIG)
+    parser.add_argument("--frozen", action="store_true", help="keep the encoder and the readout fixed while clients train")
+    args = parser.parse_args()
+    scenario = load_scenario(args.config, [f"seed={args.seed}"], label=args.scenario)
+    seed_everything(derive_seed(scenario.seed, SEED_STREAM, SIMULATION_STEP))  # as the audit's unit: the same round
+    world = build_world(scenario)
+    knowledge = AttackerKnowledge.of(world, Preparations())
+    params = ScaleMiaParams()
+    hooks = compose([], world)
+    hooks.server_model = server = ScaleMia(params).prepare(knowledge)
+    recorder = StepRecorder(knowledge.image_shape, args.frozen)
+    hooks.training_wrappers.append(recorder)
+    record = FedAvgSimulation(world, hooks).run_round(0)
+    census = Census()
+    for client, trace in sorted(record.ground_truth.items()):
+        for step, batch in zip(recorder.steps[client], trace.batches, strict=True):
+            census.add(step, batch)
+    lone = census.lone
+    view = record.server_view
+    sent = server.sent_for(view.model)
+    solved, _, _ = solve_round(view, knowledge.image_shape, sent.crafting, params, sent.latent_scale)
+    where = {k: i for i, k in enumerate(solved.where.tolist())}
+    read = [k for k in lone if k in where]
+    layers = adapter_for(view.model).layers(view.model, knowledge.image_shape)
+    with torch.no_grad():
+        owners = torch.tensor([next(iter(census.owners[k])) for k in read], dtype=torch.long)
+        sent_latents = layers.encoder(world.data.train.images[owners]).flatten(1).cpu()
+    visited = torch.stack([census.latent[k] for k in read]) if read else sent_latents
+    solves = solved.latents[[where[k] for k in read]].cpu()
+    samples = sum(view.num_samples)
+    label = f"{args.scenario} seed {args.seed}{' (frozen encoder and readout)' if args.frozen else ''}"
+    print(f"{label}: {census.visits} visits, {census.crossed} crossed rows; {len(lone)} lone intervals, "
+          f"{len(set(lone) - census.touched)} untouched by a crossed visit; lone solves off their visit's latent by "
+          f"{float(relative(solves, visited).median()):.1%} (median), the encoder's drift {float(relative(visited, sent_latents).median()):.1%}; "
+          f"isolation bound {isolation_bound(samples, solved.intervals) * samples:.0f} of {samples} samples")
+
+
+if __name__ == "__main__":
+    main()
