@@ -10,15 +10,17 @@ the round's aggregate, so an interval is *lone* when exactly one sample of the r
 
 - visits, and those that *crossed* rows: active bins that are not a prefix of them (the bins
   moved past each other while clients trained), so that latent enters the bias-gradient
-  differences of every interval where its pattern changes, not only its own;
+  differences of every interval where its pattern changes, not only its own; and those at the
+  ends (below every bin, or in the first or the last interval), where many samples pile up;
 - the lone intervals, and how many of them no crossed visit touched;
 - how far the attack's solve of a lone interval is from the latent its sample had when it was
-  there (median relative error: what the readout's and the other rows' training added), and how
-  far that latent is from the sent model's (the encoder's drift);
+  there (median relative error, over the untouched and the touched ones: what the readout's
+  training and the crossed visits added), and how far that latent is from the sent model's (the
+  encoder's drift);
 - the isolation bound: the samples a perfect binning of the sent model leaves alone.
 
-A diagnostic that reads the clients' data (ground truth), never an attack. ``--frozen`` keeps
-the encoder and the readout fixed while clients train, to show which part moves the bins.
+A diagnostic that reads the clients' data (ground truth), never an attack. ``--freeze`` keeps
+the encoder, the readout or both fixed while clients train, to show which part does what.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from flaudit.scenarios.fedavg import FedAvgSimulation
 from flaudit.scenarios.scenario import build_world, derive_seed
 
 CONFIG = Path(__file__).with_name("audit.toml")
+FROZEN = {"encoder": ("encoder",), "readout": ("readout",), "both": ("encoder", "readout")}  # --freeze: LatentLayers fields
 
 
 @dataclass
@@ -55,7 +58,7 @@ class StepRecorder:
     """A TrainingWrapper that records every client's local steps at the imprint layer."""
 
     image_shape: tuple[int, int, int]
-    frozen: bool
+    frozen: tuple[str, ...]  # the LatentLayers parts that do not train
     steps: dict[int, list[Step]] = field(default_factory=dict)
 
     def wrap(self, client_id: int, round_index: int, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -64,10 +67,10 @@ class StepRecorder:
         steps = self.steps.setdefault(client_id, [])
         layers.imprint.register_forward_hook(
             lambda module, inputs, out: steps.append(Step((out > 0).cpu(), inputs[0].detach().cpu())))
-        if self.frozen:
-            for module in (layers.encoder, layers.readout):
-                for parameter in module.parameters() if module is not None else ():
-                    parameter.requires_grad_(False)
+        for part in self.frozen:
+            module = getattr(layers, part)
+            for parameter in module.parameters() if module is not None else ():
+                parameter.requires_grad_(False)
         return model, optimizer, loader
 
     def unwrap(self, client_id: int, model: nn.Module) -> nn.Module:
@@ -86,15 +89,18 @@ class Census:
 
     visits: int = 0
     crossed: int = 0
+    at_ends: int = 0  # visits below every bin, or in the first or last interval
     owners: dict[int, set[int]] = field(default_factory=dict)  # interval -> the samples that reached it
     latent: dict[int, torch.Tensor] = field(default_factory=dict)  # interval -> the latent of its last visit
     touched: set[int] = field(default_factory=set)  # intervals a crossed visit's pattern changes at
 
     def add(self, step: Step, batch: torch.Tensor) -> None:
         cross = crossed(step.active)
+        intervals = interval_of(step.active.float())
         self.visits += len(batch)
         self.crossed += int(cross.sum())
-        for sample, interval, latent in zip(batch.tolist(), interval_of(step.active.float()).tolist(), step.latents):
+        self.at_ends += int(((intervals <= 0) | (intervals >= step.active.shape[1] - 1)).sum())
+        for sample, interval, latent in zip(batch.tolist(), intervals.tolist(), step.latents):
             self.owners.setdefault(interval, set()).add(sample)
             self.latent[interval] = latent
         for pattern in step.active[cross]:
@@ -115,7 +121,7 @@ def main() -> None:
     parser.add_argument("--scenario", default="n400", help="a [[scenario]] label of audit.toml")
     parser.add_argument("--seed", type=int, default=0, help="one of the scenario's seeds")
     parser.add_argument("--config", type=Path, default=CONFIG)
-    parser.add_argument("--frozen", action="store_true", help="keep the encoder and the readout fixed while clients train")
+    parser.add_argument("--freeze", choices=sorted(FROZEN), help="keep these layers fixed while clients train")
     args = parser.parse_args()
     scenario = load_scenario(args.config, [f"seed={args.seed}"], label=args.scenario)
     seed_everything(derive_seed(scenario.seed, SEED_STREAM, SIMULATION_STEP))  # as the audit's unit: the same round
@@ -124,7 +130,7 @@ def main() -> None:
     params = ScaleMiaParams()
     hooks = compose([], world)
     hooks.server_model = server = ScaleMia(params).prepare(knowledge)
-    recorder = StepRecorder(knowledge.image_shape, args.frozen)
+    recorder = StepRecorder(knowledge.image_shape, FROZEN[args.freeze] if args.freeze else ())
     hooks.training_wrappers.append(recorder)
     record = FedAvgSimulation(world, hooks).run_round(0)
     census = Census()
@@ -142,14 +148,19 @@ def main() -> None:
         owners = torch.tensor([next(iter(census.owners[k])) for k in read], dtype=torch.long)
         sent_latents = layers.encoder(world.data.train.images[owners]).flatten(1).cpu()
     visited = torch.stack([census.latent[k] for k in read]) if read else sent_latents
-    solves = solved.latents[[where[k] for k in read]].cpu()
+    errors = relative(solved.latents[[where[k] for k in read]].cpu(), visited)
+    touched = torch.tensor([k in census.touched for k in read], dtype=torch.bool)
     samples = sum(view.num_samples)
-    label = f"{args.scenario} seed {args.seed}{' (frozen encoder and readout)' if args.frozen else ''}"
-    print(f"{label}: {census.visits} visits, {census.crossed} crossed rows; {len(lone)} lone intervals, "
-          f"{len(set(lone) - census.touched)} untouched by a crossed visit; lone solves off their visit's latent by "
-          f"{float(relative(solves, visited).median()):.1%} (median), the encoder's drift {float(relative(visited, sent_latents).median()):.1%}; "
+    label = f"{args.scenario} seed {args.seed}{f' ({args.freeze} frozen)' if args.freeze else ''}"
+    print(f"{label}: {census.visits} visits, {census.crossed} crossed rows, {census.at_ends} at the ends; "
+          f"{len(lone)} lone intervals, {len(set(lone) - census.touched)} untouched by a crossed visit; their solves off "
+          f"the visit's latent by {median(errors[~touched]):.1%} (median; touched ones {median(errors[touched]):.1%}), "
+          f"the encoder's drift {median(relative(visited, sent_latents)):.1%}; "
           f"isolation bound {isolation_bound(samples, solved.intervals) * samples:.0f} of {samples} samples")
 
+
+def median(values: torch.Tensor) -> float:
+    return float(values.median()) if len(values) else float("nan")
 
 if __name__ == "__main__":
     main()
