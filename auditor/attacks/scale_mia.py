@@ -52,10 +52,12 @@ columns drift by about ``lr / (1 - momentum) * activation`` against the upstream
 ratios' product grows with ``(lr / (1 - momentum))**2 * K / batch`` whatever the crafting's
 scales. Where it is large and clients hold hundreds of images the bins cross (a sample's active
 rows stop being a prefix, so its latent enters the differences of intervals it never visited)
-and the attack recovers no more than its null: 2 IID clients of 400 photo_patches, one epoch of
-B=16 (25 steps), SGD lr 0.05 with momentum 0.9 leaves 38 identifiable of 800 (null 41); at lr
-0.01 with momentum 0.9, 171 (null 48, isolation bound 168); with 100 images per client at lr
-0.05, 102 of 200 (null 15). ``examples/scale-mia-reach`` has the whole table and its command.
+the readout's and the encoder's training spoil what is left: 2 IID clients of 400
+photo_patches, one epoch of B=16 (25 steps), SGD lr 0.05 with momentum 0.9 leave 230
+identifiable of 2400 over 3 seeds (null 125, isolation bound 504), label-skewed ones 73 (null
+56); at lr 0.01 with momentum 0.9, 407 (null 127); with 100 images per client at lr 0.05, 323 of
+600 (null 43). ``examples/scale-mia-reach`` has the whole table, its command, and a replay
+that measures what each trained part costs.
 
 Supported models (``MODEL_ADAPTERS``): ``cnn`` (encoder conv-conv, imprint = the 512-unit
 layer), ``mlp`` (the hidden layer reads the pixels: identity encoder, exact pixels),
@@ -70,7 +72,7 @@ import math
 import time
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -393,6 +395,18 @@ def interval_of(pre: torch.Tensor) -> torch.Tensor:
     """Each sample's interval from its cumulative bins' pre-activations ``[B, K]``: the number
     of bins it passes, minus one (the numbering of ``solve_bins``' intervals)."""
     return (pre > 0).sum(1) - 1
+
+
+def interval_owners(batches: Sequence[torch.Tensor], intervals: Sequence[torch.Tensor]) -> dict[int, set[int]]:
+    """The samples that reached each interval over local steps (``batches``: each step's
+    sample ids; ``intervals``: their ``interval_of``); an interval one sample alone reached is
+    one the attack can read it from. Samples below every bin (interval -1) reach none."""
+    owners: dict[int, set[int]] = {}
+    for batch, step in zip(batches, intervals, strict=True):
+        for sample, interval in zip(batch.tolist(), step.tolist()):
+            if interval >= 0:
+                owners.setdefault(interval, set()).add(sample)
+    return owners
 
 
 EMPTY_SHARE = 0.5  # an interval whose bias-gradient difference is below this share of one local step's holds no sample
@@ -824,10 +838,7 @@ def lone_solve_errors(
     imprint.register_forward_hook(lambda module, inputs, out: visits.append(interval_of(out).cpu()))  # kept by train_client's deep copy
     loader = make_loader(images, labels, torch.arange(count), view.training.batch_size, knowledge.seed)
     local, trace = train_client(SHADOW_CLIENT, view.round_index, model, loader, view.training, [])
-    owners: dict[int, set[int]] = {}
-    for batch, intervals in zip(trace.batches, visits):
-        for sample, interval in zip(batch.tolist(), intervals.tolist()):
-            owners.setdefault(interval, set()).add(sample)
+    owners = interval_owners(trace.batches, visits)
     lone = torch.tensor([k for k, samples in owners.items() if len(samples) == 1], dtype=torch.long)
     update = view.layout.flatten(local) - view.layout.flatten(view.model)
     shadow = dataclasses.replace(view, participants=(SHADOW_CLIENT,), num_samples=(count,), uploads=None, aggregate=update)
